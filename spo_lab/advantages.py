@@ -51,11 +51,10 @@ def spo_advantages(rewards, baselines, *, eps: float = 1e-8) -> Tensor:
     b = _as_rewards(baselines, "baselines").to(r.dtype)
     if b.shape != r.shape:
         raise ValueError(f"rewards {tuple(r.shape)} and baselines {tuple(b.shape)} differ in shape")
-    a = r - b
-    centred = a - a.mean() if a.numel() else a
-    if a.numel() < 2:
-        return centred
-    return centred / (a.std(unbiased=True) + eps)
+    a = (r - b).double()  # float64: a float32 mean of equal values can miss them by an ulp
+    if a.numel() < 2 or bool(a.max() == a.min()):  # no spread: nothing to learn, exactly 0
+        return torch.zeros_like(r)
+    return ((a - a.mean()) / (a.std(unbiased=True) + eps)).to(r.dtype)
 
 
 def _groups(rewards, group_size: int) -> Tensor:
@@ -85,7 +84,9 @@ def grpo_advantages(rewards, group_size: int, *, scale: str = "group", eps: floa
         G = 1 trap of running a group-baseline trainer single-stream (use :func:`spo_advantages`).
     """
     g = _groups(rewards, group_size)
-    centred = g - g.mean(dim=1, keepdim=True)
+    dtype, g = g.dtype, g.double()  # float64, and degenerate groups set to exactly 0 (not an ulp off)
+    degenerate = (g == g[:, :1]).all(dim=1, keepdim=True)
+    centred = torch.where(degenerate, 0.0, g - g.mean(dim=1, keepdim=True))
     if scale == "none":
         out = centred
     elif scale == "group":
@@ -96,7 +97,7 @@ def grpo_advantages(rewards, group_size: int, *, scale: str = "group", eps: floa
         out = centred / (std + eps)
     else:
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
-    return out.reshape(-1)
+    return out.reshape(-1).to(dtype)
 
 
 def rloo_advantages(rewards, group_size: int) -> Tensor:
