@@ -22,15 +22,13 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from spo_lab.sampler import PrioritizedSampler  # noqa: E402
-from spo_lab.tracker import ValueTracker  # noqa: E402
+from spo_lab.sampler import PrioritizedSampler
+from spo_lab.tracker import ValueTracker
 
 
 def percentile(xs, q):

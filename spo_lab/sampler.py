@@ -153,6 +153,10 @@ class PrioritizedSampler(Sampler[list]):
             (a true Thompson-sampling variant; not what the official code does).
         generator: torch.Generator for reproducible draws (a fresh unseeded one if None).
         num_batches: length of iteration when used as a batch sampler (None: infinite).
+
+    The tree sees every change made through the tracker's methods and any in-place torch write to
+    ``tracker.alpha`` / ``tracker.beta``; writes that bypass torch's version counter (through
+    ``.numpy()`` or ``.data``) are invisible to it: call :meth:`refresh` after those.
     """
 
     def __init__(
@@ -222,6 +226,10 @@ class PrioritizedSampler(Sampler[list]):
         if self.num_batches is None:
             raise TypeError("an infinite PrioritizedSampler has no length; pass num_batches")
         return self.num_batches
+
+    def refresh(self) -> None:
+        """Forget the cached weights; the next draw recomputes them for every prompt."""
+        self._tree = None
 
     def _synced_tree(self) -> SumTree:
         changed = None if self._tree is None else self.tracker.changed_since(self._tree_version)

@@ -532,3 +532,15 @@ def test_iteration_reads_current_state():
     n = 600
     f = sum(int(next(it)[0]) == 1 for _ in range(n))
     assert_close_freq(f, n, 0.55 / 0.65)
+
+
+def test_refresh_picks_up_writes_that_bypass_torch():
+    tracker = ValueTracker(12)
+    sampler = PrioritizedSampler(tracker, 1, eps=0.05, generator=torch.Generator().manual_seed(0))
+    sampler.sample()
+    tracker.alpha.numpy()[:] = 1e-9  # v ~ 0 everywhere (weight eps) ...
+    tracker.alpha.numpy()[3] = tracker.beta[3].item()  # ... except prompt 3 (v = 1/2)
+    sampler.refresh()
+    draws = torch.stack([sampler.sample() for _ in range(2000)]).flatten()
+    expected = (0.5 + 0.05) / (0.5 + 0.05 + 11 * 0.05)
+    assert abs(float((draws == 3).double().mean()) - expected) < 0.04
