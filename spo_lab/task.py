@@ -1,0 +1,286 @@
+"""The verifiable task: multi-digit addition with graded difficulty and a binary reward.
+
+SPO (SPO_SPEC Sec. 1) needs a prompt set x, a policy that answers with one response y, and a
+verifiable reward r(x, y) in {0, 1}. The paper trains on competition maths; here the "maths" is
+column addition written as plain text, small enough for a 1 M-parameter model on a laptop CPU:
+
+    prompt  "347+58="        completion  "405"  (then the end-of-sequence token)
+
+What makes the task useful for SPO is its *spread* of difficulty. A level fixes how many digits
+each operand has; the more digits (and, within a level, the more carries) the harder the sum is
+for a small model that writes the answer most-significant digit first:
+
+    level  operand digits   example              distinct prompts
+      1      2 + 1           "47+5="                    1,800
+      2      2 + 2           "47+85="                   8,100
+      3      3 + 2           "347+58="                162,000
+      4      3 + 3           "347+958="               810,000
+      5      4 + 3           "3470+958="           ~1.6e7
+      6      4 + 4           "3470+9581="          ~8.1e7
+      7      5 + 4           "34702+9581="         ~1.6e9
+      8      5 + 5           "34702+95813="        ~8.1e9
+
+Operands of d >= 2 digits are uniform over [10^(d-1), 10^d - 1] (no leading zeros); a one-digit
+operand is uniform over [0, 9]. The operand order is shuffled, so "5+47=" and "47+5=" both occur.
+``LEVEL_WEIGHTS`` is the mixture of the bundled RL prompt sets (``data/arith``). The bundled tiny
+model (:mod:`spo_lab.tiny_model`) was warm-started on levels 1-6 only and stopped early, so at the
+start of RL levels 1-2 are mostly solved, levels 3-6 are in between, and levels 7-8 -- longer than
+anything the warm start saw -- are hopeless for now. That puts GRPO's expected degenerate-group
+share near the paper's ~60 % (SPO_SPEC Sec. 2; measured numbers in ``data/tiny-qwen3/BUILD.md``).
+
+The prompt space is split in two halves by content hash (``prompt_pool``): RL train/test prompts
+come from the ``"rl"`` half, warm-start prompts from the ``"warmup"`` half, so they never overlap.
+
+Reward rule (``parse_answer``): after optional leading whitespace the completion must start with
+an integer in canonical decimal form -- an optional ``-`` and ASCII digits, no leading zeros
+(``"0"`` itself is fine, ``"-0"`` and ``"+5"`` are not); whatever follows the integer is ignored
+(``"405 =)"`` parses as 405, ``"4051"`` as 4051). Anything else parses as ``None`` and earns
+reward 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = [
+    "LEVELS",
+    "LEVEL_WEIGHTS",
+    "DEFAULT_DATA_DIR",
+    "Problem",
+    "problem_id",
+    "count_carries",
+    "make_problem",
+    "sample_problem",
+    "prompt_pool",
+    "generate_problems",
+    "save_problems",
+    "load_problems",
+    "parse_answer",
+    "reward",
+]
+
+LEVELS: dict[int, tuple[int, ...]] = {
+    1: (2, 1),
+    2: (2, 2),
+    3: (3, 2),
+    4: (3, 3),
+    5: (4, 3),
+    6: (4, 4),
+    7: (5, 4),
+    8: (5, 5),
+}
+"""Difficulty level -> number of digits of each operand."""
+
+LEVEL_WEIGHTS: dict[int, float] = {1: 0.15, 2: 0.15, 3: 0.15, 4: 0.15, 5: 0.10, 6: 0.05, 7: 0.10, 8: 0.15}
+"""Mixture of levels in the bundled train/test sets."""
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "arith"
+"""Where ``scripts/build_tiny_model.py`` writes ``train.jsonl`` and ``test.jsonl``."""
+
+SPLITS = ("train", "test")
+POOLS = ("rl", "warmup")
+
+# Longest integer parse_answer accepts; also keeps int() far below Python's 4300-digit limit.
+MAX_ANSWER_DIGITS = 64
+_LEADING_INTEGER = re.compile(r"\s*(-?[0-9]+)")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One addition prompt and its verified answer.
+
+    Attributes:
+        id: ``problem_id(prompt)``, a stable content hash (12 hex characters).
+        prompt: The text the model continues, e.g. ``"347+58="``.
+        answer: The true sum in canonical decimal form, e.g. ``"405"``.
+        level: Difficulty level, a key of ``LEVELS``.
+        operands: The summands in prompt order, e.g. ``(347, 58)``.
+        n_digits: Digits of the longest operand.
+        n_carries: Columns of the written addition that produce a carry (see ``count_carries``).
+    """
+
+    id: str
+    prompt: str
+    answer: str
+    level: int
+    operands: tuple[int, ...]
+    n_digits: int
+    n_carries: int
+
+
+def problem_id(prompt: str) -> str:
+    """Stable id of a prompt: the first 12 hex characters of sha1(prompt as UTF-8).
+
+    Unlike Python's ``hash()`` it does not change between processes (no salt).
+    """
+    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:12]
+
+
+def count_carries(operands: Iterable[int]) -> int:
+    """Number of columns in the written addition of non-negative ``operands`` that carry.
+
+    Column c (units first) carries when the sum of its digits plus the incoming carry is >= 10.
+    Example: 347 + 58 carries in the units (7+8) and the tens (1+4+5), so the count is 2.
+    """
+    operands = list(operands)
+    if any(x < 0 for x in operands):
+        raise ValueError(f"operands must be non-negative, got {operands}")
+    carries, carry = 0, 0
+    while any(operands) or carry:
+        column = carry + sum(x % 10 for x in operands)
+        carry = column // 10
+        carries += carry > 0
+        operands = [x // 10 for x in operands]
+    return carries
+
+
+def make_problem(operands: Iterable[int], level: int) -> Problem:
+    """Build the ``Problem`` for ``operands[0] + operands[1] + ...`` with all fields filled in."""
+    operands = tuple(int(x) for x in operands)
+    prompt = "+".join(str(x) for x in operands) + "="
+    return Problem(
+        id=problem_id(prompt),
+        prompt=prompt,
+        answer=str(sum(operands)),
+        level=level,
+        operands=operands,
+        n_digits=max(len(str(x)) for x in operands),
+        n_carries=count_carries(operands),
+    )
+
+
+def _random_operand(rng: random.Random, n_digits: int) -> int:
+    """Uniform integer with exactly ``n_digits`` digits (0-9 for a single digit)."""
+    low = 0 if n_digits == 1 else 10 ** (n_digits - 1)
+    return rng.randint(low, 10**n_digits - 1)
+
+
+def sample_problem(rng: random.Random, level: int) -> Problem:
+    """Draw one problem of ``level``: operands with the level's digit counts, in shuffled order."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level}; known levels: {sorted(LEVELS)}")
+    digits = list(LEVELS[level])
+    rng.shuffle(digits)
+    return make_problem([_random_operand(rng, d) for d in digits], level)
+
+
+def prompt_pool(prompt: str) -> str:
+    """The half of the prompt space a prompt belongs to: ``"rl"`` or ``"warmup"``.
+
+    The split is by the parity of the content hash (``problem_id``), like a hash-based dataset
+    split: the RL train and test sets are drawn from the ``"rl"`` half and the supervised warm
+    start from the ``"warmup"`` half, so they are disjoint for every seed and level mixture.
+    """
+    return "warmup" if int(problem_id(prompt), 16) % 2 else "rl"
+
+
+def generate_problems(
+    n: int,
+    seed: int,
+    *,
+    level_weights: Mapping[int, float] | None = None,
+    pool: str = "rl",
+    exclude: Iterable[str] = (),
+) -> list[Problem]:
+    """Draw ``n`` distinct problems from one ``pool``, deterministically for a given ``seed``.
+
+    Each problem's level is drawn from ``level_weights`` (default ``LEVEL_WEIGHTS``), then its
+    operands from ``sample_problem``. A prompt outside ``pool`` (see ``prompt_pool``), already
+    drawn, or listed in ``exclude`` (prompt strings, e.g. another split) is rejected and redrawn,
+    so splits built with ``exclude`` are disjoint. Uses its own ``random.Random(seed)``; the
+    global random state is untouched.
+
+    Raises ValueError when the levels cannot supply ``n`` new prompts (e.g. asking for 5,000
+    problems of level 1, whose 1,800 prompts are split between the two pools).
+    """
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
+    weights = dict(LEVEL_WEIGHTS if level_weights is None else level_weights)
+    unknown = set(weights) - set(LEVELS)
+    if unknown:
+        raise ValueError(f"unknown levels {sorted(unknown)}; known levels: {sorted(LEVELS)}")
+    rng = random.Random(seed)
+    levels, probs = list(weights), list(weights.values())
+    seen = set(exclude)
+    problems: list[Problem] = []
+    max_draws = 100 * n + 1000
+    for _ in range(max_draws):
+        if len(problems) == n:
+            break
+        problem = sample_problem(rng, rng.choices(levels, probs)[0])
+        if prompt_pool(problem.prompt) == pool and problem.prompt not in seen:
+            seen.add(problem.prompt)
+            problems.append(problem)
+    if len(problems) < n:
+        raise ValueError(f"found only {len(problems)} new distinct prompts of {n} requested")
+    return problems
+
+
+def save_problems(problems: Iterable[Problem], path: str | Path) -> None:
+    """Write problems as JSON lines (one object per problem, keys as in ``Problem``)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for problem in problems:
+            f.write(json.dumps(asdict(problem)) + "\n")
+
+
+def load_problems(split: str, data_dir: str | Path | None = None) -> list[Problem]:
+    """Load ``train`` or ``test`` problems from ``<data_dir>/<split>.jsonl``.
+
+    ``data_dir`` defaults to ``DEFAULT_DATA_DIR`` (the repository's ``data/arith``). The order of
+    the file is kept; the trainer addresses prompts by their position in this list.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    path = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no {split} problems at {path}; rebuild them with "
+            "`python scripts/build_tiny_model.py --seed 0 --out data` or pass data_dir="
+        )
+    problems = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                row["operands"] = tuple(row["operands"])
+                problems.append(Problem(**row))
+    return problems
+
+
+def parse_answer(completion: str) -> int | None:
+    """The integer a completion starts with, or ``None`` when it does not start with one.
+
+    Rule: skip leading whitespace, then read ``-?[0-9]+`` greedily; the rest is ignored. The
+    number must be canonical -- no leading zeros (``"0"`` is fine, ``"07"`` and ``"-0"`` are
+    not), no ``+`` sign, ASCII digits only, at most ``MAX_ANSWER_DIGITS`` digits -- otherwise the
+    completion is malformed and the result is ``None``.
+
+    >>> parse_answer("405"), parse_answer(" 405=junk"), parse_answer("0405"), parse_answer("")
+    (405, 405, None, None)
+    """
+    match = _LEADING_INTEGER.match(completion)
+    if match is None:
+        return None
+    text = match.group(1)
+    digits = text.lstrip("-")
+    if len(digits) > MAX_ANSWER_DIGITS or (digits.startswith("0") and text != "0"):
+        return None
+    return int(text)
+
+
+def reward(completion: str, answer: str) -> float:
+    """Binary verifiable reward: 1.0 iff ``parse_answer(completion) == int(answer)``, else 0.0.
+
+    ``completion`` is the generated text after the prompt with special tokens removed; any string
+    is accepted (a non-string completion earns 0.0). ``answer`` is a ``Problem.answer``.
+    """
+    if not isinstance(completion, str):
+        return 0.0
+    parsed = parse_answer(completion)
+    return float(parsed is not None and parsed == int(answer))
