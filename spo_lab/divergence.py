@@ -1,0 +1,143 @@
+"""How far has the policy moved since a prompt was last seen? The D(x) behind the tracker's rho.
+
+The tracker discounts old evidence by rho(x) = clip(2 ** (-D(x) / D_half), rho_min, rho_max)
+(SPO_SPEC Sec. 3.2). The paper defines D(x) as the KL divergence between the current policy and the
+one that last updated x's entry; it needs the policy, so it lives here, not in the tracker.
+
+Two estimators, both called once per step AFTER the policy update and BEFORE the tracker update:
+
+- :class:`ResponseCache` -- the official estimator. For each prompt it keeps the last response
+  sampled for it and that response's token log-probs under the policy right after the update of
+  the step in which it was sampled. At the next visit the stored response is re-scored under the
+  just-updated policy and D(x) = mean over its tokens of |log pi_stored - log pi_now|. First visit:
+  D = 0 (rho = rho_max). Cost: a forward pass over 2B responses per step (the stored ones and the
+  new ones) and O(P * T) stored tokens.
+- :class:`KLClock` -- a CHEAPER estimator, not the official one. A global clock advances every step
+  by the mean |log pi_before - log pi_after| of that step's own responses across the update; D(x)
+  is the clock's advance since x's last visit. Cost: a forward pass over B responses per step and
+  one float per prompt. It sums per-step movements, so it over-estimates the total movement when
+  successive updates partly cancel.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .rollout import Rollouts, token_logprobs
+
+__all__ = ["ResponseCache", "KLClock", "mean_abs_logp_diff"]
+
+
+def mean_abs_logp_diff(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+    """Per response: sum_t |a_t - b_t| m_t / sum_t m_t, shape ``[R]`` (0 for empty responses)."""
+    m = mask.to(a.dtype)
+    return ((a - b).abs() * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+class ResponseCache:
+    """The official D(x) estimator: stored last response per prompt, re-scored at the next visit.
+
+    Args:
+        num_prompts: P.
+        prompt_len, max_new_tokens: widths of the stored prompt and response token arrays.
+        pad_id: token used for padding.
+    """
+
+    def __init__(self, num_prompts: int, prompt_len: int, max_new_tokens: int, pad_id: int):
+        self.prompt_ids = torch.full((num_prompts, prompt_len), pad_id, dtype=torch.long)
+        self.prompt_mask = torch.zeros((num_prompts, prompt_len), dtype=torch.long)
+        self.response_ids = torch.full((num_prompts, max_new_tokens), pad_id, dtype=torch.long)
+        self.response_mask = torch.zeros((num_prompts, max_new_tokens), dtype=torch.long)
+        self.logprobs = torch.zeros((num_prompts, max_new_tokens), dtype=torch.float32)
+        self.has = torch.zeros(num_prompts, dtype=torch.bool)
+        self.pad_id = pad_id
+
+    @torch.no_grad()
+    def divergence(self, model, ids: Tensor, rollouts: Rollouts, *, temperature: float = 1.0) -> Tensor:
+        """D for each row of this step's batch; then store this step's responses. Call after the update.
+
+        Args:
+            model: the just-updated policy.
+            ids: ``[R]`` prompt ids of the rollout rows (with repeats for several responses per prompt;
+                the last row of a prompt is the one stored, as "the last response sampled for x").
+            rollouts: this step's rollouts.
+
+        Returns:
+            ``[R]`` float64 divergences (0 for prompts seen for the first time).
+        """
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        r = len(rollouts)
+        old = self.has[ids]
+        # One forward pass scores both the stored responses (re-scored) and the new ones.
+        p_ids = torch.cat([self._fit(self.prompt_ids[ids], rollouts.prompt_ids), rollouts.prompt_ids])
+        p_mask = torch.cat([self._fit(self.prompt_mask[ids], rollouts.prompt_mask, 0), rollouts.prompt_mask])
+        t = max(self.response_ids.shape[1], rollouts.response_ids.shape[1])
+        r_ids = torch.cat([_pad_right(self.response_ids[ids], t, self.pad_id), _pad_right(rollouts.response_ids, t, self.pad_id)])
+        r_mask = torch.cat([_pad_right(self.response_mask[ids], t, 0), _pad_right(rollouts.response_mask, t, 0)])
+        logp = token_logprobs(model, p_ids, p_mask, r_ids, r_mask, temperature=temperature).float()
+        stored_now, new_now = logp[:r], logp[r:]
+        d = mean_abs_logp_diff(_pad_right(self.logprobs[ids], t, 0.0), stored_now, r_mask[:r])
+        d = torch.where(old, d, torch.zeros_like(d)).double()
+        self._store(ids, rollouts, new_now)
+        return d
+
+    def _store(self, ids: Tensor, rollouts: Rollouts, logp_now: Tensor) -> None:
+        # Plain indexed assignment keeps the LAST row written for a repeated id.
+        t = self.response_ids.shape[1]
+        self.prompt_ids[ids] = self._fit(rollouts.prompt_ids, self.prompt_ids[:1])
+        self.prompt_mask[ids] = self._fit(rollouts.prompt_mask, self.prompt_mask[:1], 0)
+        self.response_ids[ids] = _pad_right(rollouts.response_ids, t, self.pad_id)[:, :t]
+        self.response_mask[ids] = _pad_right(rollouts.response_mask, t, 0)[:, :t]
+        self.logprobs[ids] = _pad_right(logp_now, t, 0.0)[:, :t]
+        self.has[ids] = True
+
+    def _fit(self, x: Tensor, like: Tensor, pad=None) -> Tensor:
+        """Left-pad or left-trim ``x [R, *]`` to ``like``'s width (prompts are left-padded)."""
+        pad = self.pad_id if pad is None else pad
+        w = like.shape[1]
+        if x.shape[1] >= w:
+            return x[:, x.shape[1] - w :]
+        return torch.cat([x.new_full((x.shape[0], w - x.shape[1]), pad), x], dim=1)
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k).clone() for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs", "has")}
+
+    def load_state_dict(self, sd: dict) -> None:
+        for k, v in sd.items():
+            setattr(self, k, v.clone())
+
+
+class KLClock:
+    """The cheaper D(x) estimator (labelled as such): accumulated batch-level movement since x's visit."""
+
+    def __init__(self, num_prompts: int):
+        self.clock = 0.0
+        self.last_seen = torch.full((num_prompts,), float("nan"), dtype=torch.float64)
+
+    @torch.no_grad()
+    def divergence(self, model, ids: Tensor, rollouts: Rollouts, *, temperature: float = 1.0) -> Tensor:
+        """Advance the clock by this step's movement and return D per row (0 on a first visit).
+
+        ``rollouts.logprobs`` were taken before the update; they are re-scored under ``model``.
+        """
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        now = token_logprobs(model, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
+                             rollouts.response_mask, temperature=temperature)
+        step_move = mean_abs_logp_diff(rollouts.logprobs, now.float(), rollouts.response_mask).mean()
+        self.clock += float(step_move)
+        d = (self.clock - self.last_seen[ids]).nan_to_num(0.0)
+        self.last_seen[ids] = self.clock
+        return d
+
+    def state_dict(self) -> dict:
+        return {"clock": self.clock, "last_seen": self.last_seen.clone()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.clock, self.last_seen = float(sd["clock"]), sd["last_seen"].clone()
+
+
+def _pad_right(x: Tensor, width: int, value) -> Tensor:
+    if x.shape[1] >= width:
+        return x
+    return torch.cat([x, x.new_full((x.shape[0], width - x.shape[1]), value)], dim=1)

@@ -1,0 +1,468 @@
+"""Train a policy with SPO -- or GRPO and its variants, at the same response budget -- in one loop.
+
+Read this file top to bottom: it is the algorithm. One step is
+
+    prompts -> rollouts -> rewards -> advantages -> loss -> optimiser -> tracker update
+
+SPO (Xu & Ding, arXiv 2509.13232) draws ONE response per prompt and baselines it with a persistent
+per-prompt value tracker (spo_lab.tracker), normalises advantages over the whole batch
+(spo_lab.advantages), and picks prompts where the learning signal is largest (spo_lab.sampler).
+GRPO draws G responses per prompt and baselines each against its group. Both generate
+``responses_per_step`` responses per step: SPO from B prompts, the group methods from B / G.
+
+What this simplifies compared with the official verl recipe: one process, one PPO epoch over a few
+mini-batches, a Hugging Face ``generate`` rollout engine, no tools, no sequence packing. It runs the
+bundled ~1 M-parameter Qwen3 on a laptop CPU in minutes; the same loop takes a real checkpoint path.
+
+    python -m spo_lab.train --algo spo --steps 300 --seed 0 --out runs/spo-s0
+    python -m spo_lab.train --algo grpo --group-size 8 --steps 300 --seed 0 --out runs/grpo-s0
+    python -m spo_lab.train --help          # every option, with its one-line description
+
+Outputs in ``--out``: ``config.json``, ``metrics.jsonl`` (one JSON object per step, loadable with
+``pandas.read_json(path, lines=True)``), ``checkpoint.pt`` (resume with ``--resume``) and the final
+policy in ``final_model/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import task as task_lib
+from .advantages import grpo_advantages, rloo_advantages, spo_advantages
+from .divergence import KLClock, ResponseCache
+from .loss import AGG_MODES, policy_loss
+from .metrics import degenerate_fraction
+from .rollout import HFEngine, Rollouts, token_logprobs
+from .sampler import PrioritizedSampler, sample_without_replacement
+from .tiny_model import DEFAULT_MODEL_DIR, load_policy
+from .tracker import ValueTracker
+
+ALGOS = ("spo", "grpo", "dr_grpo", "rloo", "reinforce")
+GROUP_ALGOS = ("grpo", "dr_grpo", "rloo")
+
+
+@dataclass
+class Config:
+    # ------------------------------------------------------------------ experiment
+    algo: str = "spo"
+    """spo | grpo | dr_grpo (no std scaling) | rloo (leave-one-out) | reinforce (no baseline)"""
+    steps: int = 300
+    """policy updates to run"""
+    seed: int = 0
+    """seed of every random draw (prompts, sampling, mini-batches, offline pass)"""
+    out: str = "runs/spo-seed0"
+    """output folder: config, metrics.jsonl, checkpoint, final model"""
+    model: str = str(DEFAULT_MODEL_DIR)
+    """Hugging Face model directory (or hub id on a machine that can download)"""
+    data_dir: str = ""
+    """task data folder with train.jsonl / test.jsonl ('' = the bundled data/arith)"""
+    num_threads: int = 1
+    """torch CPU threads (1 keeps runs bit-reproducible and lets two runs share 2 cores)"""
+    # ------------------------------------------------------------------ response budget
+    responses_per_step: int = 64
+    """responses generated per step, the same for every algorithm"""
+    group_size: int = 8
+    """G of the group methods (they draw responses_per_step / G prompts); SPO always uses 1"""
+    temperature: float = 1.0
+    """sampling temperature for training rollouts"""
+    max_new_tokens: int = 8
+    """response length cap"""
+    # ------------------------------------------------------------------ optimisation
+    lr: float = 5e-5
+    """AdamW learning rate (constant)"""
+    weight_decay: float = 0.01
+    """AdamW weight decay (official 0.01)"""
+    max_grad_norm: float = 1.0
+    """gradient clipping norm (official 1.0)"""
+    mini_batches: int = 2
+    """PPO mini-batches per step (one epoch; official 8)"""
+    clip_low: float = 0.2
+    """ratio clip 1 - clip_low"""
+    clip_high: float = 0.28
+    """ratio clip 1 + clip_high ("clip-higher")"""
+    dual_clip: float = 10.0
+    """dual-clip bound c for negative advantages (0 disables)"""
+    loss_agg: str = "token-mean"
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum"""
+    kl_coef: float = 0.0
+    """k3 KL-to-initial-policy penalty weight (official: 0, off)"""
+    # ------------------------------------------------------------------ SPO options
+    baseline: str = "tracker"
+    """tracker | none (ablation: v = 0)"""
+    rho_mode: str = "kl"
+    """kl (official |dlogp| estimator) | kl-clock (cheaper estimator) | constant (rho = rho_max)"""
+    rho_min: float = 0.875
+    """lower discount clip (window 8)"""
+    rho_max: float = 0.96
+    """upper discount clip (window 25); the constant rho of rho_mode=constant"""
+    d_half: float = 0.06
+    """divergence that halves the tracker's memory"""
+    offline_init: bool = True
+    """initialise the tracker from n0 samples per prompt of the initial policy"""
+    n0: int = 8
+    """offline samples per prompt (official 8)"""
+    init_mode: str = "jeffreys"
+    """jeffreys (official code) | paper"""
+    sampling: str = "prioritized"
+    """prioritized | uniform (SPO only; the group methods always sample uniformly)"""
+    priority_eps: float = 0.05
+    """weight floor eps"""
+    priority_gamma: float = 0.0
+    """count penalty exponent (official 0)"""
+    thompson: bool = False
+    """draw v ~ Beta(alpha, beta) for the weights (true Thompson sampling; not official)"""
+    # ------------------------------------------------------------------ logging and persistence
+    eval_every: int = 25
+    """held-out evaluation every k steps (and at steps 0 and the last)"""
+    eval_max_prompts: int = 0
+    """evaluate on the first k held-out prompts (0 = all)"""
+    save_every: int = 50
+    """checkpoint every k steps (0 = only at the end)"""
+    resume: bool = False
+    """continue from out/checkpoint.pt if it exists"""
+    cache_dir: str = "runs/cache"
+    """where the offline-init counts are cached and reused"""
+    save_model: bool = True
+    """write the final policy to out/final_model"""
+    progress: bool = True
+    """show a tqdm progress bar"""
+
+    def validate(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
+        g = self.group
+        if self.responses_per_step % g:
+            raise ValueError(
+                f"equal response budget: responses_per_step={self.responses_per_step} must be a "
+                f"multiple of group_size={g} for {self.algo}"
+            )
+        if self.algo in GROUP_ALGOS and self.group < 2:
+            raise ValueError(f"{self.algo} needs group_size >= 2 (with G = 1 every advantage is 0)")
+        if self.mini_batches < 1 or self.responses_per_step % self.mini_batches:
+            raise ValueError("responses_per_step must be a multiple of mini_batches")
+        for name, allowed in (("loss_agg", AGG_MODES), ("baseline", ("tracker", "none")),
+                              ("rho_mode", ("kl", "kl-clock", "constant")),
+                              ("sampling", ("prioritized", "uniform")), ("init_mode", ("jeffreys", "paper"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    # derived at run time
+    @property
+    def group(self) -> int:
+        """Responses per prompt: G for the group methods, 1 for SPO and REINFORCE."""
+        return self.group_size if self.algo in GROUP_ALGOS else 1
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.responses_per_step // self.group
+
+
+# ====================================================================== the pieces of a step
+def compute_rewards(rollouts: Rollouts, answers: list[str]) -> torch.Tensor:
+    """Binary reward per response: exact answer check of the decoded completion (0 if malformed)."""
+    return torch.tensor([task_lib.reward(t, a) for t, a in zip(rollouts.texts, answers)], dtype=torch.float64)
+
+
+def compute_advantages(cfg: Config, rewards: torch.Tensor, baselines: torch.Tensor | None):
+    """One advantage per response, and the pre-normalisation advantage for diagnostics."""
+    if cfg.algo == "spo":
+        raw = rewards - baselines
+        return spo_advantages(rewards, baselines), raw
+    if cfg.algo == "reinforce":
+        return rewards.clone(), rewards.clone()
+    centred = grpo_advantages(rewards, cfg.group, scale="none")
+    if cfg.algo == "grpo":
+        return grpo_advantages(rewards, cfg.group, scale="group"), centred
+    if cfg.algo == "dr_grpo":
+        return centred, centred
+    return rloo_advantages(rewards, cfg.group), centred
+
+
+def ppo_update(cfg, model, optimizer, rollouts: Rollouts, adv: torch.Tensor, gen: torch.Generator, ref_model=None):
+    """One PPO epoch over ``cfg.mini_batches`` shuffled mini-batches; returns averaged stats."""
+    model.train()
+    order = torch.randperm(len(rollouts), generator=gen)
+    stats_sum: dict[str, float] = {}
+    for chunk in order.chunk(cfg.mini_batches):
+        mb = rollouts.select(chunk)
+        logp = token_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
+                              temperature=cfg.temperature)
+        ref = None
+        if ref_model is not None:
+            with torch.no_grad():
+                ref = token_logprobs(ref_model, mb.prompt_ids, mb.prompt_mask, mb.response_ids,
+                                     mb.response_mask, temperature=cfg.temperature)
+        loss, st = policy_loss(
+            logp, mb.logprobs, adv[chunk].float(), mb.response_mask, clip_low=cfg.clip_low,
+            clip_high=cfg.clip_high, dual_clip=cfg.dual_clip or None, agg=cfg.loss_agg,
+            ref_logp=ref, kl_coef=cfg.kl_coef,
+        )
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {float(loss)}; stats {st}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm,
+                                                               error_if_nonfinite=True))
+        optimizer.step()
+        for k, v in st.items():
+            stats_sum[k] = stats_sum.get(k, 0.0) + v / cfg.mini_batches
+    model.eval()
+    return stats_sum
+
+
+@torch.no_grad()
+def evaluate(engine: HFEngine, problems, cfg: Config, step: int) -> dict:
+    """Held-out accuracy: greedy, and one sample at the training temperature, per prompt.
+
+    Sampling runs on a forked RNG seeded by (seed, step), so evaluating more or less often never
+    changes the training run itself.
+    """
+    prompts = [p.prompt for p in problems]
+    answers = [p.answer for p in problems]
+    out = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        for name, greedy in (("greedy", True), ("sampled", False)):
+            r = engine.generate(prompts, 1, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, greedy=greedy)
+            out[f"eval/{name}_acc"] = float(compute_rewards(r, answers).mean())
+    return out
+
+
+def offline_counts(engine: HFEngine, problems, cfg: Config, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """k successes out of n0 samples per training prompt from the initial policy (Sec. 3.3), cached.
+
+    The pass uses its own seeded RNG inside ``fork_rng``, so a run that reads the cache and one that
+    computes it continue with the same random stream.
+    """
+    fp = hashlib.sha1()
+    for t in engine.model.state_dict().values():
+        fp.update(t.detach().cpu().numpy().tobytes())
+    fp.update(json.dumps([[p.id for p in problems], cfg.n0, cfg.temperature, cfg.max_new_tokens, cfg.seed]).encode())
+    path = Path(cfg.cache_dir) / f"offline-{fp.hexdigest()[:16]}.pt"
+    if path.exists():
+        return tuple(torch.load(path))
+    succ = torch.zeros(len(problems), dtype=torch.float64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 10_000)
+        per = max(1, batch // cfg.n0)
+        for s in range(0, len(problems), per):
+            chunk = problems[s : s + per]
+            r = engine.generate([p.prompt for p in chunk], cfg.n0, temperature=cfg.temperature,
+                                max_new_tokens=cfg.max_new_tokens)
+            rew = compute_rewards(r, [p.answer for p in chunk for _ in range(cfg.n0)])
+            succ[s : s + len(chunk)] = rew.view(-1, cfg.n0).sum(1)
+    trials = torch.full_like(succ, float(cfg.n0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel runs may race to write the same entry
+    torch.save((succ, trials), tmp)
+    os.replace(tmp, path)
+    return succ, trials
+
+
+# ====================================================================== the training loop
+def train(cfg: Config) -> Path:
+    """Run ``cfg.steps`` steps; returns the output folder. See the module docstring."""
+    cfg.validate()
+    torch.set_num_threads(cfg.num_threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    resuming = cfg.resume and ckpt_path.exists()
+
+    # ---------------------------------------------------------------- setup: data, model, state
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    train_set = task_lib.load_problems("train", cfg.data_dir or None)
+    test_set = task_lib.load_problems("test", cfg.data_dir or None)
+    if cfg.eval_max_prompts:
+        test_set = test_set[: cfg.eval_max_prompts]
+    P = len(train_set)
+    if cfg.prompts_per_step > P:
+        raise ValueError(f"{cfg.prompts_per_step} prompts per step exceed the {P} training prompts")
+    model, tokenizer = load_policy(cfg.model)
+    engine = HFEngine(model, tokenizer)
+    ref_model = copy.deepcopy(model).eval() if cfg.kl_coef > 0 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)  # prompt draws of uniform sampling, mini-batch order
+    levels = torch.tensor([p.level for p in train_set], dtype=torch.float64)
+
+    tracker = sampler = divergence = None
+    offline_responses = 0
+    if cfg.algo == "spo":
+        tracker = ValueTracker(P, rho_min=cfg.rho_min, rho_max=cfg.rho_max, d_half=cfg.d_half)
+        if cfg.offline_init:
+            succ, trials = offline_counts(engine, train_set, cfg)
+            tracker.init_from_counts(succ, trials, mode=cfg.init_mode)
+            offline_responses = cfg.n0 * P
+        sampler = PrioritizedSampler(tracker, cfg.prompts_per_step, eps=cfg.priority_eps, gamma=cfg.priority_gamma,
+                                     thompson=cfg.thompson, generator=torch.Generator().manual_seed(cfg.seed + 1))
+        if cfg.rho_mode == "kl":
+            width = max(len(tokenizer(p.prompt, add_special_tokens=False)["input_ids"]) for p in train_set)
+            divergence = ResponseCache(P, width, cfg.max_new_tokens, tokenizer.pad_token_id)
+        elif cfg.rho_mode == "kl-clock":
+            divergence = KLClock(P)
+
+    start, responses, tokens = 0, 0, 0
+    if resuming:
+        ck = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ck["model"]), optimizer.load_state_dict(ck["optimizer"])
+        gen.set_state(ck["gen"]), torch.set_rng_state(ck["torch_rng"])
+        random.setstate(ck["py_rng"]), np.random.set_state(ck["np_rng"])
+        for obj, key in ((tracker, "tracker"), (sampler, "sampler"), (divergence, "divergence")):
+            if obj is not None:
+                obj.load_state_dict(ck[key])
+        start, responses, tokens = ck["step"], ck["responses"], ck["tokens"]
+        _truncate_metrics(out / "metrics.jsonl", start)
+    else:
+        (out / "metrics.jsonl").write_text("")
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    model.eval()
+
+    def save_checkpoint(step: int) -> None:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "gen": gen.get_state(),
+                 "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "np_rng": np.random.get_state(),
+                 "step": step, "responses": responses, "tokens": tokens}
+        for obj, key in ((tracker, "tracker"), (sampler, "sampler"), (divergence, "divergence")):
+            if obj is not None:
+                state[key] = obj.state_dict()
+        torch.save(state, ckpt_path.with_suffix(".tmp"))
+        os.replace(ckpt_path.with_suffix(".tmp"), ckpt_path)
+
+    log = open(out / "metrics.jsonl", "a")
+    bar = tqdm(range(start, cfg.steps), desc=f"{cfg.algo} s{cfg.seed}", disable=not cfg.progress,
+               initial=start, total=cfg.steps)
+    if start == 0:  # the starting point of every learning curve
+        row = {"step": 0, "responses": 0, "responses_incl_init": offline_responses, **evaluate(engine, test_set, cfg, 0)}
+        log.write(json.dumps(row) + "\n"), log.flush()
+    for step in bar:
+        m: dict = {"step": step + 1}
+        t0 = time.perf_counter()
+        # ------------------------------------------------------------ 1. choose prompts
+        if sampler is not None and cfg.sampling == "prioritized":
+            ids = sampler.sample()
+        else:  # uniform, without replacement
+            ids = sample_without_replacement(torch.ones(P), cfg.prompts_per_step, gen)
+        row_ids = ids.repeat_interleave(cfg.group)  # each prompt's G responses are consecutive
+        baselines = v_before = None
+        if tracker is not None:  # read v BEFORE this step's rewards: the baseline must not see y
+            v_before = tracker.values(row_ids)
+            baselines = v_before if cfg.baseline == "tracker" else torch.zeros_like(v_before)
+        t1 = time.perf_counter()
+        # ------------------------------------------------------------ 2. rollouts
+        rollouts = engine.generate([train_set[i].prompt for i in ids.tolist()], cfg.group,
+                                   temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        t2 = time.perf_counter()
+        # ------------------------------------------------------------ 3. rewards
+        rewards = compute_rewards(rollouts, [train_set[i].answer for i in row_ids.tolist()])
+        # ------------------------------------------------------------ 4. advantages
+        adv, adv_raw = compute_advantages(cfg, rewards, baselines)
+        t3 = time.perf_counter()
+        # ------------------------------------------------------------ 5. loss and optimiser
+        loss_stats = ppo_update(cfg, model, optimizer, rollouts, adv, gen, ref_model)
+        t4 = time.perf_counter()
+        # ------------------------------------------------------------ 6. tracker update (after the policy update)
+        if tracker is not None:
+            kl = divergence.divergence(model, row_ids, rollouts, temperature=cfg.temperature) if divergence else None
+            rho = tracker.update(row_ids, rewards, kl=kl)
+            v_all = tracker.values()
+            m.update({"tracker/rho_mean": float(rho.mean()), "tracker/rho_min": float(rho.min()),
+                      "tracker/D_mean": float(kl.mean()) if kl is not None else 0.0,
+                      "tracker/D_max": float(kl.max()) if kl is not None else 0.0,
+                      "tracker/n_eff_mean": float(tracker.n_eff().mean()),
+                      "tracker/v_mean": float(v_all.mean()),
+                      "tracker/value_hist": torch.histc(v_all.float(), bins=10, min=0, max=1).int().tolist(),
+                      "sampled/v_mean": float(v_before.mean())})
+        t5 = time.perf_counter()
+        responses += len(rollouts)
+        tokens += rollouts.num_tokens
+        # ------------------------------------------------------------ metrics
+        m.update({
+            "responses": responses, "responses_incl_init": responses + offline_responses, "tokens": tokens,
+            "reward/mean": float(rewards.mean()), "reward/var": _var(rewards),
+            "adv/raw_var": _var(adv_raw), "adv/var": _var(adv),
+            "adv/zero_frac": float((adv.abs() < 1e-4).double().mean()),
+            "sampled/level_mean": float(levels[row_ids].mean()),
+            "truncated_frac": float(rollouts.truncated.double().mean()),
+            **{f"loss/{k}": v for k, v in loss_stats.items()},
+            "time/sample": t1 - t0, "time/generate": t2 - t1, "time/score": t3 - t2,
+            "time/update": t4 - t3, "time/tracker": t5 - t4,
+        })
+        if cfg.group > 1:
+            deg = (rewards.view(-1, cfg.group) == rewards.view(-1, cfg.group)[:, :1]).all(1)
+            m["grpo/degenerate_frac"] = degenerate_fraction(rewards, cfg.group)
+            nondeg = adv.view(-1, cfg.group)[~deg].reshape(-1)
+            m["adv/var_nondegenerate"] = _var(nondeg) if nondeg.numel() > 1 else None
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            t6 = time.perf_counter()
+            m.update(evaluate(engine, test_set, cfg, step + 1))
+            m["time/eval"] = time.perf_counter() - t6
+            bar.set_postfix(reward=f"{m['reward/mean']:.2f}", greedy=f"{m['eval/greedy_acc']:.3f}")
+        log.write(json.dumps(m) + "\n")
+        log.flush()
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
+            save_checkpoint(step + 1)
+    log.close()
+    if cfg.save_model:
+        model.save_pretrained(out / "final_model")
+        tokenizer.save_pretrained(out / "final_model")
+    return out
+
+
+def _var(x: torch.Tensor) -> float:
+    return float(x.double().var(unbiased=True)) if x.numel() > 1 else 0.0
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric rows written after the checkpoint (a run killed between saves repeats them)."""
+    rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+# ====================================================================== command line
+def _field_docs(cls) -> dict[str, str]:
+    """The docstring written under each dataclass field (CleanRL style) -> argparse help."""
+    docs, body = {}, ast.parse(inspect.getsource(cls)).body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)
+    return docs
+
+
+def parse_args(argv=None, cls=Config):
+    """Build an argparse parser from a config dataclass: ``--field-name value`` for every field."""
+    docs = _field_docs(cls)
+    parser = argparse.ArgumentParser(description=(inspect.getmodule(cls).__doc__ or "").split("\n")[0])
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=docs.get(f.name))
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            parser.add_argument(flag, type=typ, default=f.default, help=f"{docs.get(f.name, '')} (default: %(default)s)")
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def main(argv=None) -> None:
+    cfg = parse_args(argv)
+    out = train(cfg)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
