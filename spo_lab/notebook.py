@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["PROFILES", "profile", "pick", "in_colab", "repo_url", "setup", "bundled_model_ready", "short_run"]
+__all__ = ["PROFILES", "profile", "pick", "in_colab", "repo_url", "setup", "short_run"]
 
 PROFILES = ("default", "ci", "colab")
 ENV_VAR = "SPO_LAB_PROFILE"
@@ -96,14 +96,6 @@ def setup(dpi: int = 80, threads: int = 1) -> None:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-
-
-def bundled_model_ready() -> bool:
-    """True when the bundled task data (data/arith) and tiny model (data/tiny-qwen3) exist."""
-    from .task import DEFAULT_DATA_DIR
-    from .tiny_model import DEFAULT_MODEL_DIR
-
-    return (DEFAULT_MODEL_DIR / "config.json").exists() and (DEFAULT_DATA_DIR / "train.jsonl").exists()
 
 
 def short_run(run: str, seed: int = 0, **config):

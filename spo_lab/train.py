@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bars: tqdm.auto warns (with a local path) in notebooks without ipywidgets
+from transformers.utils import logging as hf_logging
 
 from . import task as task_lib
 from .advantages import grpo_advantages, rloo_advantages, spo_advantages
@@ -279,6 +280,8 @@ def train(cfg: Config) -> Path:
     """Run ``cfg.steps`` steps; returns the output folder. See the module docstring."""
     cfg.validate()
     torch.set_num_threads(cfg.num_threads)
+    if not cfg.progress:  # also silence transformers' own loading / saving bars
+        hf_logging.disable_progress_bar()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"

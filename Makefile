@@ -1,0 +1,17 @@
+# Shortcuts; each target is exactly a command from the README.
+.PHONY: demo quick test notebooks bench
+
+demo:      ## the main job: SPO vs GRPO (+ ablations), 3 seeds, <= 15 min on 2 CPU cores
+	python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python -m spo_lab.experiment
+
+quick:     ## 1-2 minute smoke version of the main job
+	python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python -m spo_lab.experiment --quick
+
+test:      ## unit tests + every notebook under nbval (ci profile)
+	python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest
+
+notebooks: ## re-execute every notebook in place with the default profile (stored outputs)
+	.venv/bin/python scripts/run_notebooks.py
+
+bench:     ## tracker + sampler speed at 10 million prompts
+	.venv/bin/python benchmarks/bench_tracker.py
