@@ -46,7 +46,6 @@ from transformers import GenerationConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from spo_lab.task import (  # noqa: E402
-    LEVEL_WEIGHTS,
     LEVELS,
     Problem,
     generate_problems,

@@ -20,10 +20,9 @@ import argparse
 import json
 import multiprocessing as mp
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .train import Config, train
