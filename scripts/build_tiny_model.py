@@ -10,11 +10,11 @@ writes
 
 What it does, and what it simplifies:
 
-1. Draws the train and held-out test prompts from ``spo_lab.task.LEVEL_WEIGHTS``.
+1. Draws the train and held-out test prompts from ``spo_lab.tasks.arith.LEVEL_WEIGHTS``.
 2. Builds the character tokenizer and a ~1 M-parameter ``Qwen3ForCausalLM`` (``spo_lab.tiny_model``).
 3. Warm start: supervised fine-tuning on ``prompt + answer + <eos>`` (cross-entropy on the answer
    and <eos> tokens only) on a fresh stream of levels 1-6 problems from the "warmup" half of the
-   prompt space (``spo_lab.task.prompt_pool``), so no train or test prompt is ever seen. The paper
+   prompt space (``spo_lab.tasks.arith.prompt_pool``), so no train or test prompt is ever seen. The paper
    starts RL from an instruction-tuned Qwen3-8B; here SFT stands in for that, and it is *stopped
    early on purpose* (``--sft-steps``): RL should start from partial competence. Levels 7-8 (five-
    digit operands) are longer than anything in the warm start and stay hopeless for now.
@@ -45,7 +45,7 @@ from transformers import GenerationConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spo_lab.task import (  # noqa: E402
+from spo_lab.tasks.arith import (  # noqa: E402
     LEVELS,
     Problem,
     generate_problems,

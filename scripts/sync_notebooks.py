@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from spo_lab.notebook import repo_url  # noqa: E402
+from spo_lab.teaching.notebook import repo_url  # noqa: E402
 
 URL_LINE = re.compile(r'^REPO_URL = "[^"\n]*"$', re.M)
 

@@ -6,15 +6,28 @@ The algorithm's pieces, one concept per module:
 - :mod:`spo_lab.advantages` -- SPO's globally normalised advantage and the group baselines (Sec. 3.4)
 - :mod:`spo_lab.sampler`    -- prioritised prompt sampling, the adaptive curriculum (Sec. 3.6)
 - :mod:`spo_lab.loss`       -- the PPO clipped surrogate with clip-higher and dual-clip (Sec. 3.5)
-- :mod:`spo_lab.metrics`    -- pass@k, maj@k, degenerate-group probability and fraction
+- :mod:`spo_lab.metrics`    -- pass@k, maj@k, degenerate-group probability, mask and fraction
+- :mod:`spo_lab.divergence` -- D(x), how far the policy moved since x was seen (Sec. 3.2)
 
-The model-facing parts (task, tiny model, rollout engine, trainer) import transformers and are
-imported from their own modules, so ``import spo_lab`` stays light.
+Above the core (each imports only what is below it):
+
+- :mod:`spo_lab.spo`        -- SPO's state across steps, reusable by any loop or launcher
+- :mod:`spo_lab.offline`    -- the offline pass that initialises the tracker (Sec. 3.3), cached by content
+- :mod:`spo_lab.engines`    -- rollout engines (Hugging Face ``generate``, vLLM), one protocol
+- :mod:`spo_lab.tasks`      -- tasks (arithmetic, math), one protocol
+- :mod:`spo_lab.models`     -- loading the policy (full or LoRA, device, dtype) and scoring its tokens
+- :mod:`spo_lab.train`      -- ``Config`` and the loop, top to bottom
+- :mod:`spo_lab.evaluate`   -- sampled evaluation: accuracy, pass@k, maj@k through the task's reward
+- :mod:`spo_lab.experiment` -- the tiny reproduction (main job)
+- :mod:`spo_lab.teaching`   -- simulations and figures for the notebooks
+
+The model-facing parts import transformers and are imported from their own modules, so
+``import spo_lab`` stays light (torch and numpy only).
 """
 
 from .advantages import grpo_advantages, rloo_advantages, spo_advantages
 from .loss import policy_loss
-from .metrics import degenerate_fraction, degenerate_probability, maj_at_k, pass_at_k
+from .metrics import degenerate_fraction, degenerate_mask, degenerate_probability, maj_at_k, pass_at_k
 from .sampler import PrioritizedSampler, priority_weights
 from .tracker import ValueTracker, rho_from_kl
 
@@ -33,4 +46,5 @@ __all__ = [
     "maj_at_k",
     "degenerate_probability",
     "degenerate_fraction",
+    "degenerate_mask",
 ]

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .metrics import degenerate_mask
+
 __all__ = ["spo_advantages", "grpo_advantages", "rloo_advantages"]
 
 
@@ -85,7 +87,7 @@ def grpo_advantages(rewards, group_size: int, *, scale: str = "group", eps: floa
     """
     g = _groups(rewards, group_size)
     dtype, g = g.dtype, g.double()  # float64, and degenerate groups set to exactly 0 (not an ulp off)
-    degenerate = (g == g[:, :1]).all(dim=1, keepdim=True)
+    degenerate = degenerate_mask(g, group_size).unsqueeze(1)
     centred = torch.where(degenerate, 0.0, g - g.mean(dim=1, keepdim=True))
     if scale == "none":
         out = centred

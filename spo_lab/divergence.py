@@ -4,7 +4,16 @@ The tracker discounts old evidence by rho(x) = clip(2 ** (-D(x) / D_half), rho_m
 (SPO_SPEC Sec. 3.2). The paper defines D(x) as the KL divergence between the current policy and the
 one that last updated x's entry; it needs the policy, so it lives here, not in the tracker.
 
-Two estimators, both called once per step AFTER the policy update and BEFORE the tracker update:
+Both estimators are called once per step AFTER the policy update and BEFORE the tracker update,
+with a *scoring callable* for the just-updated policy,
+
+    score(prompt_ids, prompt_mask, response_ids, response_mask) -> [R, T] token log-probs
+
+(the trainer passes :func:`spo_lab.models.token_logprobs` bound to its model and temperature), so
+this module needs torch only: no model class, no engine. ``rollouts`` is any object with the fields
+of :class:`spo_lab.engines.base.Rollouts`.
+
+The two estimators:
 
 - :class:`ResponseCache` -- the official estimator. For each prompt it keeps the last response
   sampled for it and that response's token log-probs under the policy right after the update of
@@ -21,12 +30,15 @@ Two estimators, both called once per step AFTER the policy update and BEFORE the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-from .rollout import Rollouts, token_logprobs
+__all__ = ["ResponseCache", "KLClock", "ScoreFn", "mean_abs_logp_diff"]
 
-__all__ = ["ResponseCache", "KLClock", "mean_abs_logp_diff"]
+ScoreFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+"""score(prompt_ids, prompt_mask, response_ids, response_mask) -> [R, T] log-probs under the current policy."""
 
 
 def mean_abs_logp_diff(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
@@ -54,11 +66,11 @@ class ResponseCache:
         self.pad_id = pad_id
 
     @torch.no_grad()
-    def divergence(self, model, ids: Tensor, rollouts: Rollouts, *, temperature: float = 1.0) -> Tensor:
+    def divergence(self, score: ScoreFn, ids: Tensor, rollouts) -> Tensor:
         """D for each row of this step's batch; then store this step's responses. Call after the update.
 
         Args:
-            model: the just-updated policy.
+            score: log-probs under the just-updated policy (see the module docstring).
             ids: ``[R]`` prompt ids of the rollout rows (with repeats for several responses per prompt;
                 the last row of a prompt is the one stored, as "the last response sampled for x").
             rollouts: this step's rollouts.
@@ -75,14 +87,14 @@ class ResponseCache:
         t = max(self.response_ids.shape[1], rollouts.response_ids.shape[1])
         r_ids = torch.cat([_pad_right(self.response_ids[ids], t, self.pad_id), _pad_right(rollouts.response_ids, t, self.pad_id)])
         r_mask = torch.cat([_pad_right(self.response_mask[ids], t, 0), _pad_right(rollouts.response_mask, t, 0)])
-        logp = token_logprobs(model, p_ids, p_mask, r_ids, r_mask, temperature=temperature).float()
+        logp = score(p_ids, p_mask, r_ids, r_mask).float().cpu()
         stored_now, new_now = logp[:r], logp[r:]
         d = mean_abs_logp_diff(_pad_right(self.logprobs[ids], t, 0.0), stored_now, r_mask[:r])
         d = torch.where(old, d, torch.zeros_like(d)).double()
         self._store(ids, rollouts, new_now)
         return d
 
-    def _store(self, ids: Tensor, rollouts: Rollouts, logp_now: Tensor) -> None:
+    def _store(self, ids: Tensor, rollouts, logp_now: Tensor) -> None:
         # Plain indexed assignment keeps the LAST row written for a repeated id.
         t = self.response_ids.shape[1]
         self.prompt_ids[ids] = self._fit(rollouts.prompt_ids, self.prompt_ids[:1])
@@ -116,14 +128,13 @@ class KLClock:
         self.last_seen = torch.full((num_prompts,), float("nan"), dtype=torch.float64)
 
     @torch.no_grad()
-    def divergence(self, model, ids: Tensor, rollouts: Rollouts, *, temperature: float = 1.0) -> Tensor:
+    def divergence(self, score: ScoreFn, ids: Tensor, rollouts) -> Tensor:
         """Advance the clock by this step's movement and return D per row (0 on a first visit).
 
-        ``rollouts.logprobs`` were taken before the update; they are re-scored under ``model``.
+        ``rollouts.logprobs`` were taken before the update; they are re-scored with ``score``.
         """
         ids = torch.as_tensor(ids, dtype=torch.long)
-        now = token_logprobs(model, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
-                             rollouts.response_mask, temperature=temperature)
+        now = score(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids, rollouts.response_mask).cpu()
         step_move = mean_abs_logp_diff(rollouts.logprobs, now.float(), rollouts.response_mask).mean()
         self.clock += float(step_move)
         d = (self.clock - self.last_seen[ids]).nan_to_num(0.0)

@@ -132,26 +132,26 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(root: Path, df: pd.DataFrame, wall_seconds: float | None = None) -> str:
     """Write summary.md and the figures; return the markdown."""
-    from . import plotting  # matplotlib only when figures are made
+    from .teaching import runs as run_figures  # matplotlib only when figures are made
 
     table = summarize(df)
     figures = {
-        "accuracy_vs_responses.png": lambda ax: plotting.plot_learning_curves(df, y="eval/greedy_acc", x="responses", ax=ax),
-        "accuracy_vs_responses_incl_init.png": lambda ax: plotting.plot_learning_curves(df, y="eval/greedy_acc", x="responses_incl_init", ax=ax),
-        "zero_advantage_fraction.png": lambda ax: plotting.plot_metric(df, "adv/zero_frac", smooth=10, ax=ax),
-        "degenerate_fraction.png": lambda ax: plotting.plot_metric(df[df.run.str.contains("grpo|rloo")], "grpo/degenerate_frac", smooth=10, ax=ax),
-        "advantage_variance.png": lambda ax: plotting.plot_metric(df, "adv/raw_var", smooth=10, ax=ax),
-        "phase_times.png": lambda ax: plotting.plot_phase_times(df, ax=ax),
+        "accuracy_vs_responses.png": lambda ax: run_figures.plot_learning_curves(df, y="eval/greedy_acc", x="responses", ax=ax),
+        "accuracy_vs_responses_incl_init.png": lambda ax: run_figures.plot_learning_curves(df, y="eval/greedy_acc", x="responses_incl_init", ax=ax),
+        "zero_advantage_fraction.png": lambda ax: run_figures.plot_metric(df, "adv/zero_frac", smooth=10, ax=ax),
+        "degenerate_fraction.png": lambda ax: run_figures.plot_metric(df[df.run.str.contains("grpo|rloo")], "grpo/degenerate_frac", smooth=10, ax=ax),
+        "advantage_variance.png": lambda ax: run_figures.plot_metric(df, "adv/raw_var", smooth=10, ax=ax),
+        "phase_times.png": lambda ax: run_figures.plot_phase_times(df, ax=ax),
     }
     if "tracker/value_hist" in df and (df.run == "spo").any():
-        figures["tracker_value_histogram.png"] = lambda ax: plotting.plot_value_histograms(df[(df.run == "spo") & (df.seed == 0)], ax=ax)
+        figures["tracker_value_histogram.png"] = lambda ax: run_figures.plot_value_histograms(df[(df.run == "spo") & (df.seed == 0)], ax=ax)
     import matplotlib.pyplot as plt
 
     for name, draw in figures.items():
         fig, ax = plt.subplots(figsize=(6, 4))
         draw(ax)
         fig.tight_layout()
-        fig.savefig(root / name, dpi=80)
+        fig.savefig(root / name, dpi=120)
         plt.close(fig)
     cfg = json.loads(next(root.glob("runs/*/seed0/config.json")).read_text())
     md = [

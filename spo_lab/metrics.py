@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-__all__ = ["pass_at_k", "maj_at_k", "degenerate_probability", "degenerate_fraction"]
+__all__ = ["pass_at_k", "maj_at_k", "degenerate_probability", "degenerate_mask", "degenerate_fraction"]
 
 
 def pass_at_k(n, c, k):
@@ -99,10 +99,11 @@ def degenerate_probability(p, group_size: int):
     return float(out) if out.ndim == 0 else out
 
 
-def degenerate_fraction(rewards, group_size: int) -> float:
-    """Measured share of groups (consecutive blocks of G rewards) whose rewards are all equal.
+def degenerate_mask(rewards, group_size: int):
+    """``[B / G]`` bool: True for each group (consecutive block of G rewards) whose rewards are all equal.
 
-    Groups are equal-sized, so this is also the share of samples that sit in a degenerate group.
+    The one definition of a degenerate group used everywhere in spo_lab (advantages, trainer logs,
+    simulations). Raises ValueError when the rewards do not split into non-empty groups of G.
     """
     r = torch.as_tensor(rewards).reshape(-1)
     if int(group_size) != group_size or group_size < 1:
@@ -112,4 +113,12 @@ def degenerate_fraction(rewards, group_size: int) -> float:
             f"{r.numel()} rewards cannot be split into non-empty groups of {group_size}"
         )
     g = r.reshape(-1, group_size)
-    return float((g == g[:, :1]).all(dim=1).float().mean())
+    return (g == g[:, :1]).all(dim=1)
+
+
+def degenerate_fraction(rewards, group_size: int) -> float:
+    """Measured share of groups (consecutive blocks of G rewards) whose rewards are all equal.
+
+    Groups are equal-sized, so this is also the share of samples that sit in a degenerate group.
+    """
+    return float(degenerate_mask(rewards, group_size).float().mean())

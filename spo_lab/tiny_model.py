@@ -16,24 +16,17 @@ a batch of prompts of different lengths ends at the same position and ``generate
 of them at once.
 
 ``scripts/build_tiny_model.py`` builds the tokenizer and an untrained model with the functions
-below, warm-starts it with a short supervised pass and saves both; ``load_policy`` reads them back.
+below, warm-starts it with a short supervised pass and saves both; :func:`spo_lab.models.load_policy`
+reads them back, exactly as it reads any other checkpoint.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from .models import DEFAULT_MODEL_DIR
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -42,11 +35,7 @@ __all__ = [
     "build_tokenizer",
     "tiny_qwen3_config",
     "build_tiny_model",
-    "load_policy",
 ]
-
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny-qwen3"
-"""The bundled warm-started checkpoint, written by ``scripts/build_tiny_model.py``."""
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 """Special tokens, in id order: padding (0), end of sequence (1), unknown character (2)."""
@@ -113,26 +102,3 @@ def build_tiny_model(config: Qwen3Config, seed: int) -> Qwen3ForCausalLM:
     """A freshly initialised ``Qwen3ForCausalLM``; the same ``seed`` gives the same weights."""
     torch.manual_seed(seed)
     return Qwen3ForCausalLM(config)
-
-
-def load_policy(
-    path: str | Path | None = None, *, dtype: torch.dtype = torch.float32
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load ``(model, tokenizer)`` from a Hugging Face model directory with the Auto classes.
-
-    ``path`` defaults to ``DEFAULT_MODEL_DIR``; a local directory is read offline. The same call
-    loads any causal LM checkpoint, a local directory or a hub id such as ``"Qwen/Qwen3-0.6B"``
-    (which needs the hub or its cache). The model is returned in eval mode; its tokenizer pads on
-    the left, as batched generation needs.
-    """
-    if path is None:
-        path = DEFAULT_MODEL_DIR
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"no bundled model at {path}; rebuild it with "
-                "`python scripts/build_tiny_model.py --seed 0 --out data`"
-            )
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    return model.eval(), tokenizer

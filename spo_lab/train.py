@@ -10,12 +10,19 @@ per-prompt value tracker (spo_lab.tracker), normalises advantages over the whole
 GRPO draws G responses per prompt and baselines each against its group. Both generate
 ``responses_per_step`` responses per step: SPO from B prompts, the group methods from B / G.
 
+The loop takes its parts by name -- a task (``--task arith|math``, :mod:`spo_lab.tasks`), a rollout
+engine (``--engine hf|vllm``, :mod:`spo_lab.engines`) and a policy (``--model``, ``--device``,
+``--dtype``, ``--lora-rank``, :mod:`spo_lab.models`) -- or as objects (``train(cfg, task=..., engine=...)``).
+SPO's own state (tracker, sampler, advantage rule) is :class:`spo_lab.spo.SPO`; D(x) comes from
+:mod:`spo_lab.divergence`; the offline pass from :mod:`spo_lab.offline`.
+
 What this simplifies compared with the official verl recipe: one process, one PPO epoch over a few
-mini-batches, a Hugging Face ``generate`` rollout engine, no tools, no sequence packing. It runs the
-bundled ~1 M-parameter Qwen3 on a laptop CPU in minutes; the same loop takes a real checkpoint path.
+mini-batches, no tools, no sequence packing. It runs the bundled ~1 M-parameter Qwen3 on a laptop
+CPU in minutes; the same loop takes a real checkpoint path, a GPU and vLLM.
 
     python -m spo_lab.train --algo spo --steps 300 --seed 0 --out runs/spo-s0
     python -m spo_lab.train --algo grpo --group-size 8 --steps 300 --seed 0 --out runs/grpo-s0
+    python -m spo_lab.train --task arith --engine hf --model data/tiny-qwen3 --device cpu --dtype float32
     python -m spo_lab.train --help          # every option, with its one-line description
 
 Outputs in ``--out``: ``config.json``, ``metrics.jsonl`` (one JSON object per step, loadable with
@@ -29,10 +36,8 @@ import argparse
 import ast
 import copy
 import dataclasses
-import hashlib
 import inspect
 import json
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -43,15 +48,18 @@ import torch
 from tqdm import tqdm  # plain bars: tqdm.auto warns (with a local path) in notebooks without ipywidgets
 from transformers.utils import logging as hf_logging
 
-from . import task as task_lib
-from .advantages import grpo_advantages, rloo_advantages, spo_advantages
+from .advantages import grpo_advantages, rloo_advantages
 from .divergence import KLClock, ResponseCache
+from .engines import ENGINES, build_engine
+from .engines.base import Rollouts
+from .evaluate import accuracy
 from .loss import AGG_MODES, policy_loss
-from .metrics import degenerate_fraction
-from .rollout import HFEngine, Rollouts, token_logprobs
-from .sampler import PrioritizedSampler, sample_without_replacement
-from .tiny_model import DEFAULT_MODEL_DIR, load_policy
-from .tracker import ValueTracker
+from .metrics import degenerate_mask
+from .models import DEFAULT_MODEL_DIR, DTYPES, LoraSpec, load_policy, model_fingerprint, resolve_device, token_logprobs
+from .offline import offline_counts
+from .sampler import sample_without_replacement
+from .spo import SPO
+from .tasks import TASKS, get_task
 
 ALGOS = ("spo", "grpo", "dr_grpo", "rloo", "reinforce")
 GROUP_ALGOS = ("grpo", "dr_grpo", "rloo")
@@ -68,10 +76,27 @@ class Config:
     """seed of every random draw (prompts, sampling, mini-batches, offline pass)"""
     out: str = "runs/spo-seed0"
     """output folder: config, metrics.jsonl, checkpoint, final model"""
-    model: str = str(DEFAULT_MODEL_DIR)
-    """Hugging Face model directory (or hub id on a machine that can download)"""
+    # ------------------------------------------------------------------ parts: task, policy, engine
+    task: str = "arith"
+    """task name: arith (graded addition, bundled) | math (DAPO-Math + benchmarks)"""
     data_dir: str = ""
-    """task data folder with train.jsonl / test.jsonl ('' = the bundled data/arith)"""
+    """the task's data: a folder, file or hub id ('' = the task's default, for arith the bundled data/arith)"""
+    eval_split: str = "test"
+    """held-out split evaluated during training"""
+    model: str = str(DEFAULT_MODEL_DIR)
+    """Hugging Face model folder or hub id (e.g. Qwen/Qwen3-0.6B on a machine that can download)"""
+    engine: str = "hf"
+    """rollout engine: hf (transformers generate, shares the model) | vllm (needs vLLM)"""
+    device: str = "auto"
+    """cpu | cuda | auto (cuda when available)"""
+    dtype: str = "auto"
+    """float32 | bfloat16 | float16 | auto (float32 on CPU, bf16 on GPUs that have it, else fp16)"""
+    lora_rank: int = 0
+    """LoRA adapter rank (0 = train the full model)"""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (update = alpha / rank * B A)"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass (long responses on a GPU)"""
     num_threads: int = 1
     """torch CPU threads (1 keeps runs bit-reproducible and lets two runs share 2 cores)"""
     # ------------------------------------------------------------------ response budget
@@ -156,6 +181,14 @@ class Config:
             raise ValueError(f"{self.algo} needs group_size >= 2 (with G = 1 every advantage is 0)")
         if self.mini_batches < 1 or self.responses_per_step % self.mini_batches:
             raise ValueError("responses_per_step must be a multiple of mini_batches")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {sorted(TASKS)}, got {self.task!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.dtype not in (*DTYPES, "auto"):
+            raise ValueError(f"dtype must be one of {(*DTYPES, 'auto')}, got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name, allowed in (("loss_agg", AGG_MODES), ("baseline", ("tracker", "none")),
                               ("rho_mode", ("kl", "kl-clock", "constant")),
                               ("sampling", ("prioritized", "uniform")), ("init_mode", ("jeffreys", "paper"))):
@@ -174,16 +207,8 @@ class Config:
 
 
 # ====================================================================== the pieces of a step
-def compute_rewards(rollouts: Rollouts, answers: list[str]) -> torch.Tensor:
-    """Binary reward per response: exact answer check of the decoded completion (0 if malformed)."""
-    return torch.tensor([task_lib.reward(t, a) for t, a in zip(rollouts.texts, answers)], dtype=torch.float64)
-
-
-def compute_advantages(cfg: Config, rewards: torch.Tensor, baselines: torch.Tensor | None):
-    """One advantage per response, and the pre-normalisation advantage for diagnostics."""
-    if cfg.algo == "spo":
-        raw = rewards - baselines
-        return spo_advantages(rewards, baselines), raw
+def group_advantages(cfg: Config, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages of the non-SPO algorithms, and the pre-normalisation advantage for diagnostics."""
     if cfg.algo == "reinforce":
         return rewards.clone(), rewards.clone()
     centred = grpo_advantages(rewards, cfg.group, scale="none")
@@ -197,10 +222,11 @@ def compute_advantages(cfg: Config, rewards: torch.Tensor, baselines: torch.Tens
 def ppo_update(cfg, model, optimizer, rollouts: Rollouts, adv: torch.Tensor, gen: torch.Generator, ref_model=None):
     """One PPO epoch over ``cfg.mini_batches`` shuffled mini-batches; returns averaged stats."""
     model.train()
+    device = next(model.parameters()).device
     order = torch.randperm(len(rollouts), generator=gen)
     stats_sum: dict[str, float] = {}
     for chunk in order.chunk(cfg.mini_batches):
-        mb = rollouts.select(chunk)
+        mb = rollouts.select(chunk).to(device)
         logp = token_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
                               temperature=cfg.temperature)
         ref = None
@@ -209,7 +235,7 @@ def ppo_update(cfg, model, optimizer, rollouts: Rollouts, adv: torch.Tensor, gen
                 ref = token_logprobs(ref_model, mb.prompt_ids, mb.prompt_mask, mb.response_ids,
                                      mb.response_mask, temperature=cfg.temperature)
         loss, st = policy_loss(
-            logp, mb.logprobs, adv[chunk].float(), mb.response_mask, clip_low=cfg.clip_low,
+            logp, mb.logprobs, adv[chunk].float().to(device), mb.response_mask, clip_low=cfg.clip_low,
             clip_high=cfg.clip_high, dual_clip=cfg.dual_clip or None, agg=cfg.loss_agg,
             ref_logp=ref, kl_coef=cfg.kl_coef,
         )
@@ -217,7 +243,7 @@ def ppo_update(cfg, model, optimizer, rollouts: Rollouts, adv: torch.Tensor, gen
             raise FloatingPointError(f"non-finite loss {float(loss)}; stats {st}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm,
+        st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(_trainable(model), cfg.max_grad_norm,
                                                                error_if_nonfinite=True))
         optimizer.step()
         for k, v in st.items():
@@ -226,58 +252,17 @@ def ppo_update(cfg, model, optimizer, rollouts: Rollouts, adv: torch.Tensor, gen
     return stats_sum
 
 
-@torch.no_grad()
-def evaluate(engine: HFEngine, problems, cfg: Config, step: int) -> dict:
-    """Held-out accuracy: greedy, and one sample at the training temperature, per prompt.
-
-    Sampling runs on a forked RNG seeded by (seed, step), so evaluating more or less often never
-    changes the training run itself.
-    """
-    prompts = [p.prompt for p in problems]
-    answers = [p.answer for p in problems]
-    out = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
-        for name, greedy in (("greedy", True), ("sampled", False)):
-            r = engine.generate(prompts, 1, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, greedy=greedy)
-            out[f"eval/{name}_acc"] = float(compute_rewards(r, answers).mean())
-    return out
-
-
-def offline_counts(engine: HFEngine, problems, cfg: Config, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """k successes out of n0 samples per training prompt from the initial policy (Sec. 3.3), cached.
-
-    The pass uses its own seeded RNG inside ``fork_rng``, so a run that reads the cache and one that
-    computes it continue with the same random stream.
-    """
-    fp = hashlib.sha1()
-    for t in engine.model.state_dict().values():
-        fp.update(t.detach().cpu().numpy().tobytes())
-    fp.update(json.dumps([[p.id for p in problems], cfg.n0, cfg.temperature, cfg.max_new_tokens, cfg.seed]).encode())
-    path = Path(cfg.cache_dir) / f"offline-{fp.hexdigest()[:16]}.pt"
-    if path.exists():
-        return tuple(torch.load(path))
-    succ = torch.zeros(len(problems), dtype=torch.float64)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed + 10_000)
-        per = max(1, batch // cfg.n0)
-        for s in range(0, len(problems), per):
-            chunk = problems[s : s + per]
-            r = engine.generate([p.prompt for p in chunk], cfg.n0, temperature=cfg.temperature,
-                                max_new_tokens=cfg.max_new_tokens)
-            rew = compute_rewards(r, [p.answer for p in chunk for _ in range(cfg.n0)])
-            succ[s : s + len(chunk)] = rew.view(-1, cfg.n0).sum(1)
-    trials = torch.full_like(succ, float(cfg.n0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel runs may race to write the same entry
-    torch.save((succ, trials), tmp)
-    os.replace(tmp, path)
-    return succ, trials
+def _trainable(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 # ====================================================================== the training loop
-def train(cfg: Config) -> Path:
-    """Run ``cfg.steps`` steps; returns the output folder. See the module docstring."""
+def train(cfg: Config, *, task=None, engine=None) -> Path:
+    """Run ``cfg.steps`` steps; returns the output folder. See the module docstring.
+
+    ``task`` and ``engine`` replace the ones ``cfg.task`` / ``cfg.engine`` name: any objects that
+    follow the protocols of :mod:`spo_lab.tasks.base` and :mod:`spo_lab.engines.base`.
+    """
     cfg.validate()
     torch.set_num_threads(cfg.num_threads)
     if not cfg.progress:  # also silence transformers' own loading / saving bars
@@ -287,39 +272,55 @@ def train(cfg: Config) -> Path:
     ckpt_path = out / "checkpoint.pt"
     resuming = cfg.resume and ckpt_path.exists()
 
-    # ---------------------------------------------------------------- setup: data, model, state
+    # ---------------------------------------------------------------- setup: policy, task, engine, state
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    train_set = task_lib.load_problems("train", cfg.data_dir or None)
-    test_set = task_lib.load_problems("test", cfg.data_dir or None)
+    device = resolve_device(cfg.device)
+    lora = LoraSpec(r=cfg.lora_rank, alpha=cfg.lora_alpha) if cfg.lora_rank > 0 else None
+    model, tokenizer = load_policy(cfg.model, dtype=cfg.dtype, device=device, lora=lora,
+                                   gradient_checkpointing=cfg.gradient_checkpointing)
+    if task is None:
+        task = get_task(cfg.task, data=cfg.data_dir or None, tokenizer=tokenizer)
+    train_set, test_set = task.load("train"), task.load(cfg.eval_split)
     if cfg.eval_max_prompts:
         test_set = test_set[: cfg.eval_max_prompts]
     P = len(train_set)
     if cfg.prompts_per_step > P:
         raise ValueError(f"{cfg.prompts_per_step} prompts per step exceed the {P} training prompts")
-    model, tokenizer = load_policy(cfg.model)
-    engine = HFEngine(model, tokenizer)
+    if engine is None:
+        engine = build_engine(cfg.engine, model=model, tokenizer=tokenizer, model_path=cfg.model, dtype=cfg.dtype,
+                              seed=cfg.seed)
+    engine.sync_weights(model)  # the engine samples from the policy as loaded
     ref_model = copy.deepcopy(model).eval() if cfg.kl_coef > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)  # prompt draws of uniform sampling, mini-batch order
-    levels = torch.tensor([p.level for p in train_set], dtype=torch.float64)
+    key = getattr(task, "group_key", None)  # a numeric metadata key (e.g. level) is logged per step
+    group_vals = None
+    if key and all(isinstance(p.meta.get(key), (int, float)) for p in train_set):
+        group_vals = torch.tensor([p.meta[key] for p in train_set], dtype=torch.float64)
 
-    tracker = sampler = divergence = None
+    spo = divergence = None
     offline_responses = 0
     if cfg.algo == "spo":
-        tracker = ValueTracker(P, rho_min=cfg.rho_min, rho_max=cfg.rho_max, d_half=cfg.d_half)
+        spo = SPO(P, cfg.prompts_per_step, rho_min=cfg.rho_min, rho_max=cfg.rho_max, d_half=cfg.d_half,
+                  baseline=cfg.baseline, prioritized=cfg.sampling == "prioritized", eps=cfg.priority_eps,
+                  gamma=cfg.priority_gamma, thompson=cfg.thompson, seed=cfg.seed + 1)
         if cfg.offline_init:
-            succ, trials = offline_counts(engine, train_set, cfg)
-            tracker.init_from_counts(succ, trials, mode=cfg.init_mode)
+            succ, trials = offline_counts(engine, task, train_set, n0=cfg.n0, temperature=cfg.temperature,
+                                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, device=device,
+                                          model_key=model_fingerprint(model), cache_dir=cfg.cache_dir,
+                                          progress=cfg.progress)
+            spo.init_from_counts(succ, trials, mode=cfg.init_mode)
             offline_responses = cfg.n0 * P
-        sampler = PrioritizedSampler(tracker, cfg.prompts_per_step, eps=cfg.priority_eps, gamma=cfg.priority_gamma,
-                                     thompson=cfg.thompson, generator=torch.Generator().manual_seed(cfg.seed + 1))
         if cfg.rho_mode == "kl":
             width = max(len(tokenizer(p.prompt, add_special_tokens=False)["input_ids"]) for p in train_set)
             divergence = ResponseCache(P, width, cfg.max_new_tokens, tokenizer.pad_token_id)
         elif cfg.rho_mode == "kl-clock":
             divergence = KLClock(P)
+
+    def score(*batch):  # log-probs of responses under the current policy, for D(x)
+        return token_logprobs(model, *batch, temperature=cfg.temperature)
 
     start, responses, tokens = 0, 0, 0
     if resuming:
@@ -327,70 +328,78 @@ def train(cfg: Config) -> Path:
         model.load_state_dict(ck["model"]), optimizer.load_state_dict(ck["optimizer"])
         gen.set_state(ck["gen"]), torch.set_rng_state(ck["torch_rng"])
         random.setstate(ck["py_rng"]), np.random.set_state(ck["np_rng"])
-        for obj, key in ((tracker, "tracker"), (sampler, "sampler"), (divergence, "divergence")):
+        if device.type == "cuda" and "cuda_rng" in ck:
+            torch.cuda.set_rng_state(ck["cuda_rng"], device)
+        for obj, name in ((spo, "spo"), (divergence, "divergence")):
             if obj is not None:
-                obj.load_state_dict(ck[key])
+                obj.load_state_dict(ck[name])
         start, responses, tokens = ck["step"], ck["responses"], ck["tokens"]
         _truncate_metrics(out / "metrics.jsonl", start)
+        engine.sync_weights(model)  # ... and from the resumed weights
     else:
         (out / "metrics.jsonl").write_text("")
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     model.eval()
 
+    def evaluate(step: int) -> dict:  # on its own seeded RNG: evaluating never changes the run
+        return accuracy(engine, task, test_set, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                        seed=cfg.seed * 1_000_003 + step, device=device)
+
     def save_checkpoint(step: int) -> None:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "gen": gen.get_state(),
                  "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "np_rng": np.random.get_state(),
                  "step": step, "responses": responses, "tokens": tokens}
-        for obj, key in ((tracker, "tracker"), (sampler, "sampler"), (divergence, "divergence")):
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        for obj, name in ((spo, "spo"), (divergence, "divergence")):
             if obj is not None:
-                state[key] = obj.state_dict()
+                state[name] = obj.state_dict()
         torch.save(state, ckpt_path.with_suffix(".tmp"))
-        os.replace(ckpt_path.with_suffix(".tmp"), ckpt_path)
+        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
 
     log = open(out / "metrics.jsonl", "a")
     bar = tqdm(range(start, cfg.steps), desc=f"{cfg.algo} s{cfg.seed}", disable=not cfg.progress,
                initial=start, total=cfg.steps)
     if start == 0:  # the starting point of every learning curve
-        row = {"step": 0, "responses": 0, "responses_incl_init": offline_responses, **evaluate(engine, test_set, cfg, 0)}
+        row = {"step": 0, "responses": 0, "responses_incl_init": offline_responses, **evaluate(0)}
         log.write(json.dumps(row) + "\n"), log.flush()
     for step in bar:
         m: dict = {"step": step + 1}
         t0 = time.perf_counter()
         # ------------------------------------------------------------ 1. choose prompts
-        if sampler is not None and cfg.sampling == "prioritized":
-            ids = sampler.sample()
+        if spo is not None and spo.sampler is not None:
+            ids = spo.draw()  # prioritised: weights sqrt(v (1 - v)) + eps, before generation
         else:  # uniform, without replacement
             ids = sample_without_replacement(torch.ones(P), cfg.prompts_per_step, gen)
         row_ids = ids.repeat_interleave(cfg.group)  # each prompt's G responses are consecutive
-        baselines = v_before = None
-        if tracker is not None:  # read v BEFORE this step's rewards: the baseline must not see y
-            v_before = tracker.values(row_ids)
-            baselines = v_before if cfg.baseline == "tracker" else torch.zeros_like(v_before)
+        if spo is not None:  # read v BEFORE this step's rewards: the baseline must not see y
+            v_before, baselines = spo.values(row_ids), spo.baselines(row_ids)
         t1 = time.perf_counter()
         # ------------------------------------------------------------ 2. rollouts
+        batch = [train_set[i] for i in row_ids.tolist()]
         rollouts = engine.generate([train_set[i].prompt for i in ids.tolist()], cfg.group,
                                    temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         t2 = time.perf_counter()
-        # ------------------------------------------------------------ 3. rewards
-        rewards = compute_rewards(rollouts, [train_set[i].answer for i in row_ids.tolist()])
+        # ------------------------------------------------------------ 3. rewards (the task's own check)
+        rewards = torch.tensor(task.score(rollouts.texts, batch), dtype=torch.float64)
         # ------------------------------------------------------------ 4. advantages
-        adv, adv_raw = compute_advantages(cfg, rewards, baselines)
+        if spo is not None:  # (r - v) normalised over the whole batch
+            adv, adv_raw = spo.advantages(rewards, baselines)
+        else:  # group baselines
+            adv, adv_raw = group_advantages(cfg, rewards)
         t3 = time.perf_counter()
         # ------------------------------------------------------------ 5. loss and optimiser
         loss_stats = ppo_update(cfg, model, optimizer, rollouts, adv, gen, ref_model)
+        engine.sync_weights(model)
         t4 = time.perf_counter()
         # ------------------------------------------------------------ 6. tracker update (after the policy update)
-        if tracker is not None:
-            kl = divergence.divergence(model, row_ids, rollouts, temperature=cfg.temperature) if divergence else None
-            rho = tracker.update(row_ids, rewards, kl=kl)
-            v_all = tracker.values()
+        if spo is not None:
+            D = divergence.divergence(score, row_ids, rollouts) if divergence is not None else None
+            rho = spo.observe(row_ids, rewards, D)
             m.update({"tracker/rho_mean": float(rho.mean()), "tracker/rho_min": float(rho.min()),
-                      "tracker/D_mean": float(kl.mean()) if kl is not None else 0.0,
-                      "tracker/D_max": float(kl.max()) if kl is not None else 0.0,
-                      "tracker/n_eff_mean": float(tracker.n_eff().mean()),
-                      "tracker/v_mean": float(v_all.mean()),
-                      "tracker/value_hist": torch.histc(v_all.float(), bins=10, min=0, max=1).int().tolist(),
-                      "sampled/v_mean": float(v_before.mean())})
+                      "tracker/D_mean": float(D.mean()) if D is not None else 0.0,
+                      "tracker/D_max": float(D.max()) if D is not None else 0.0,
+                      **spo.stats(), "sampled/v_mean": float(v_before.mean())})
         t5 = time.perf_counter()
         responses += len(rollouts)
         tokens += rollouts.num_tokens
@@ -400,20 +409,21 @@ def train(cfg: Config) -> Path:
             "reward/mean": float(rewards.mean()), "reward/var": _var(rewards),
             "adv/raw_var": _var(adv_raw), "adv/var": _var(adv),
             "adv/zero_frac": float((adv.abs() < 1e-4).double().mean()),
-            "sampled/level_mean": float(levels[row_ids].mean()),
             "truncated_frac": float(rollouts.truncated.double().mean()),
             **{f"loss/{k}": v for k, v in loss_stats.items()},
             "time/sample": t1 - t0, "time/generate": t2 - t1, "time/score": t3 - t2,
             "time/update": t4 - t3, "time/tracker": t5 - t4,
         })
+        if group_vals is not None:
+            m[f"sampled/{key}_mean"] = float(group_vals[row_ids].mean())
         if cfg.group > 1:
-            deg = (rewards.view(-1, cfg.group) == rewards.view(-1, cfg.group)[:, :1]).all(1)
-            m["grpo/degenerate_frac"] = degenerate_fraction(rewards, cfg.group)
+            deg = degenerate_mask(rewards, cfg.group)
+            m["grpo/degenerate_frac"] = float(deg.double().mean())
             nondeg = adv.view(-1, cfg.group)[~deg].reshape(-1)
             m["adv/var_nondegenerate"] = _var(nondeg) if nondeg.numel() > 1 else None
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             t6 = time.perf_counter()
-            m.update(evaluate(engine, test_set, cfg, step + 1))
+            m.update(evaluate(step + 1))
             m["time/eval"] = time.perf_counter() - t6
             bar.set_postfix(reward=f"{m['reward/mean']:.2f}", greedy=f"{m['eval/greedy_acc']:.3f}")
         log.write(json.dumps(m) + "\n")

@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - hypothesis is a test dependency
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory):
     """An untrained tiny Qwen3 (hidden 32, 1 layer) and 120 train / 30 test problems on disk."""
-    from spo_lab import task
+    from spo_lab.tasks import arith as task
     from spo_lab.tiny_model import build_tiny_model, build_tokenizer, tiny_qwen3_config
 
     root = tmp_path_factory.mktemp("toy")
@@ -38,3 +38,13 @@ def toy(tmp_path_factory):
     task.save_problems(train_set, root / "data" / "train.jsonl")
     task.save_problems(test_set, root / "data" / "test.jsonl")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close every matplotlib figure a test opened (the teaching tests draw many)."""
+    yield
+    if "matplotlib.pyplot" in __import__("sys").modules:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")

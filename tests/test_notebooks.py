@@ -3,7 +3,7 @@
 nbval executes the notebooks themselves (``pytest`` collects ``notebooks/`` with ``--nbval-lax``, in the
 ``ci`` profile set by notebooks/conftest.py); these tests check what nbval does not: the structure
 every notebook shares, the stored outputs a reader sees on GitHub, and the helpers in
-:mod:`spo_lab.notebook` and ``scripts/sync_notebooks.py``.
+:mod:`spo_lab.teaching.notebook` and ``scripts/sync_notebooks.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import spo_lab
-from spo_lab import notebook as nbh
+from spo_lab.teaching import notebook as nbh
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -145,7 +145,7 @@ def test_every_notebook_is_in_sync_with_pyproject():
     assert _sync_module().main(["--check"]) == 0
 
 
-# ====================================================================== spo_lab.notebook helpers
+# ====================================================================== spo_lab.teaching.notebook helpers
 def test_profile_reads_the_environment(monkeypatch):
     monkeypatch.delenv("SPO_LAB_PROFILE", raising=False)
     assert nbh.profile() == "default" and nbh.profile(default="ci") == "ci"

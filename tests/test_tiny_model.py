@@ -6,14 +6,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
 
-from spo_lab.task import load_problems, parse_answer, reward
+from spo_lab.tasks.arith import load_problems, parse_answer, reward
+from spo_lab.models import DEFAULT_MODEL_DIR, load_policy
 from spo_lab.tiny_model import (
     CHARS,
-    DEFAULT_MODEL_DIR,
     SPECIAL_TOKENS,
     build_tiny_model,
     build_tokenizer,
-    load_policy,
     tiny_qwen3_config,
 )
 

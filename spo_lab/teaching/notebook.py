@@ -18,11 +18,13 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import style
+
 __all__ = ["PROFILES", "profile", "pick", "in_colab", "repo_url", "setup", "short_run"]
 
 PROFILES = ("default", "ci", "colab")
 ENV_VAR = "SPO_LAB_PROFILE"
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def profile(default: str = "default") -> str:
@@ -75,9 +77,8 @@ def repo_url(pyproject: str | Path = PYPROJECT) -> str:
     return url
 
 
-def setup(dpi: int = 80, threads: int = 1) -> None:
-    """Notebook defaults: one torch thread, small PNG figures at ``dpi``, quiet Hugging Face loaders."""
-    import matplotlib as mpl
+def setup(dpi: int = style.DPI, threads: int = 1) -> None:
+    """Notebook defaults: one torch thread, PNG figures in the :mod:`.style` at ``dpi``, quiet Hugging Face loaders."""
 
     try:
         import torch
@@ -87,7 +88,7 @@ def setup(dpi: int = 80, threads: int = 1) -> None:
         pass
     # tqdm.auto warns (with a site-packages path) when ipywidgets is missing; bars are off anyway.
     warnings.filterwarnings("ignore", message="IProgress not found")
-    mpl.rcParams.update({"figure.dpi": dpi, "savefig.dpi": dpi, "figure.figsize": (5.0, 3.2), "font.size": 9})
+    style.apply(dpi)
     # Read by huggingface_hub / transformers when they are first imported; no /work paths in outputs.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -102,7 +103,7 @@ def short_run(run: str, seed: int = 0, **config):
     """Train ``spo_lab.train.Config(**config)`` in a temporary folder; return its metrics rows.
 
     The rows are the trainer's ``metrics.jsonl`` with two columns added, ``run`` (= ``run``) and
-    ``seed``, the long format the :mod:`spo_lab.plotting` helpers take. No progress bar, no saved
+    ``seed``, the long format the :mod:`spo_lab.teaching.runs` helpers take. No progress bar, no saved
     model; the offline-init counts are cached in the system temp folder, so SPO runs in one session
     share their offline pass.
     """
@@ -110,7 +111,7 @@ def short_run(run: str, seed: int = 0, **config):
 
     import pandas as pd
 
-    from .train import Config, train
+    from ..train import Config, train
 
     cache = Path(tempfile.gettempdir()) / "spo_lab_notebook_cache"
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from spo_lab.task import (
+from spo_lab.tasks.arith import (
     DEFAULT_DATA_DIR,
     LEVEL_WEIGHTS,
     LEVELS,

@@ -1,4 +1,4 @@
-"""The verifiable task: multi-digit addition with graded difficulty and a binary reward.
+"""The arithmetic task: multi-digit addition with graded difficulty and a binary reward.
 
 SPO (SPO_SPEC Sec. 1) needs a prompt set x, a policy that answers with one response y, and a
 verifiable reward r(x, y) in {0, 1}. The paper trains on competition maths; here the "maths" is
@@ -36,19 +36,25 @@ an integer in canonical decimal form -- an optional ``-`` and ASCII digits, no l
 (``"0"`` itself is fine, ``"-0"`` and ``"+5"`` are not); whatever follows the integer is ignored
 (``"405 =)"`` parses as 405, ``"4051"`` as 4051). Anything else parses as ``None`` and earns
 reward 0.
+
+:class:`ArithTask` puts all this behind the task protocol of :mod:`spo_lab.tasks.base` (problems
+carry ``meta = {"level": ..., "n_carries": ...}``; metrics are broken down by ``level``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+from .base import content_id
 
 __all__ = [
+    "ArithTask",
     "LEVELS",
     "LEVEL_WEIGHTS",
     "DEFAULT_DATA_DIR",
@@ -80,7 +86,7 @@ LEVELS: dict[int, tuple[int, ...]] = {
 LEVEL_WEIGHTS: dict[int, float] = {1: 0.15, 2: 0.15, 3: 0.15, 4: 0.15, 5: 0.10, 6: 0.05, 7: 0.10, 8: 0.15}
 """Mixture of levels in the bundled train/test sets."""
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "arith"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data" / "arith"
 """Where ``scripts/build_tiny_model.py`` writes ``train.jsonl`` and ``test.jsonl``."""
 
 SPLITS = ("train", "test")
@@ -113,13 +119,18 @@ class Problem:
     n_digits: int
     n_carries: int
 
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Metadata of the task protocol: the difficulty level and the carry count."""
+        return {"level": self.level, "n_carries": self.n_carries}
+
 
 def problem_id(prompt: str) -> str:
     """Stable id of a prompt: the first 12 hex characters of sha1(prompt as UTF-8).
 
     Unlike Python's ``hash()`` it does not change between processes (no salt).
     """
-    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:12]
+    return content_id(prompt)
 
 
 def count_carries(operands: Iterable[int]) -> int:
@@ -284,3 +295,30 @@ def reward(completion: str, answer: str) -> float:
         return 0.0
     parsed = parse_answer(completion)
     return float(parsed is not None and parsed == int(answer))
+
+
+class ArithTask:
+    """Graded addition behind the task protocol (:mod:`spo_lab.tasks.base`).
+
+    Args:
+        data: folder with ``train.jsonl`` / ``test.jsonl`` (default: the bundled ``data/arith``).
+        tokenizer: accepted for the protocol's sake and unused: prompts are plain text, no template.
+    """
+
+    name = "arith"
+    group_key = "level"
+
+    def __init__(self, data: str | Path | None = None, *, tokenizer=None):
+        self.data_dir = Path(data) if data else DEFAULT_DATA_DIR
+
+    def load(self, split: str) -> list[Problem]:
+        return load_problems(split, self.data_dir)
+
+    def score(self, completions, problems) -> list[float]:
+        return [reward(c, p.answer) for c, p in zip(completions, problems, strict=True)]
+
+    def extract(self, completion: str) -> int | None:
+        return parse_answer(completion) if isinstance(completion, str) else None
+
+    def __repr__(self) -> str:
+        return f"ArithTask(data_dir={str(self.data_dir)!r})"

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from spo_lab import task
-from spo_lab.evaluation import pass_and_maj_curves, sample_answers
+from spo_lab.tasks import arith as task
+from spo_lab.evaluate import pass_and_maj_curves, sample_answers
 from spo_lab.metrics import pass_at_k
-from spo_lab.rollout import HFEngine
-from spo_lab.tiny_model import load_policy
+from spo_lab.engines import HFEngine
+from spo_lab.models import load_policy
 
 
 def test_sample_answers_and_curves(toy):
     model, tok = load_policy(toy / "model")
     problems = task.load_problems("test", toy / "data")[:6]
-    answers, correct = sample_answers(HFEngine(model, tok), problems, n=8, temperature=1.5, seed=3)
+    answers, correct = sample_answers(HFEngine(model, tok), task.ArithTask(), problems, n=8, temperature=1.5, seed=3)
     assert answers.shape == correct.shape == (6, 8) and correct.dtype == bool
-    again, _ = sample_answers(HFEngine(model, tok), problems, n=8, temperature=1.5, seed=3)
+    again, _ = sample_answers(HFEngine(model, tok), task.ArithTask(), problems, n=8, temperature=1.5, seed=3)
     assert (answers == again).all()  # seeded
     for i, p in enumerate(problems):  # correctness is the exact answer check
         assert all(correct[i, j] == (answers[i, j] == int(p.answer)) for j in range(8))

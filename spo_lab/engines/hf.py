@@ -1,0 +1,87 @@
+"""The Hugging Face rollout engine: ``transformers``' ``model.generate`` on the trainer's own model.
+
+It shares the policy object with the trainer (CPU or one GPU), so ``sync_weights`` has nothing to
+copy. Slower than vLLM on a GPU, but exact and dependency-free: the default on a laptop CPU. See
+:mod:`spo_lab.engines.base` for the protocol and the layout of :class:`Rollouts`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers import GenerationConfig
+
+from .base import Rollouts
+
+__all__ = ["HFEngine"]
+
+
+class HFEngine:
+    """Rollout engine on ``transformers``' ``model.generate`` (CPU or one GPU).
+
+    Sampling is pure ancestral sampling at the given temperature (top-k and top-p off), so the
+    returned log-probs are exactly those of the distribution the policy-gradient theorem needs.
+    The engine shares the trainer's model object, so ``sync_weights`` has nothing to do. Prompts go
+    to the model's device; the returned :class:`Rollouts` are on the CPU.
+    """
+
+    def __init__(self, model, tokenizer):
+        if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer needs a pad token and an eos token")
+        if tokenizer.padding_side != "left":
+            raise ValueError("batched generation needs tokenizer.padding_side == 'left'")
+        self.model, self.tokenizer = model, tokenizer
+
+    def sync_weights(self, model) -> None:
+        self.model = model
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """Left-padded ``(ids, mask)`` of shape ``[len(prompts), P]``; no special tokens added."""
+        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        return enc["input_ids"], enc["attention_mask"]
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[str], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 8,
+        greedy: bool = False, top_k: int = 0, top_p: float = 1.0,
+    ) -> Rollouts:
+        """n responses per prompt (rows i*n .. i*n+n-1 belong to prompt i); see :class:`Rollouts`.
+
+        ``top_k`` / ``top_p`` truncate the sampling distribution, for evaluation protocols only
+        (the paper evaluates with top_k 20, top_p 0.95): the returned log-probs stay those of the
+        untruncated temperature-scaled distribution, so never train on truncated samples.
+        """
+        if n < 1 or not prompts:
+            raise ValueError("need at least one prompt and n >= 1")
+        if not greedy and temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling (use greedy=True for argmax)")
+        ids, mask = self.encode_prompts(prompts)
+        ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+        device = next(self.model.parameters()).device
+        tok = self.tokenizer
+        # top_k=0 and top_p=1.0 switch the truncations off explicitly: left unset, transformers would
+        # fall back to the checkpoint's generation_config or its global default top_k=50.
+        sampling = {} if greedy else {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        gen_cfg = GenerationConfig(
+            do_sample=not greedy, **sampling, max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id, return_dict_in_generate=True, output_logits=True,
+        )
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
+        self.model.train(was_training)
+
+        resp = out.sequences[:, ids.shape[1] :].cpu()
+        is_eos = resp == tok.eos_token_id
+        # tokens up to and including the first <eos>; everything after it is padding
+        after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+        resp_mask = (~after_eos).long()
+        resp = resp.masked_fill(after_eos, tok.pad_token_id)
+        logits = torch.stack(out.logits, dim=1).float().cpu() / (1.0 if greedy else temperature)
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
+        logp = logp * resp_mask
+        texts = tok.batch_decode(resp * resp_mask + tok.pad_token_id * (1 - resp_mask), skip_special_tokens=True)
+        return Rollouts(
+            prompt_ids=ids, prompt_mask=mask, response_ids=resp, response_mask=resp_mask,
+            logprobs=logp, texts=texts, truncated=~is_eos.any(dim=1),
+        )

@@ -1,0 +1,31 @@
+"""Tasks: the problems a policy is trained on and the reward that scores its completions.
+
+    from spo_lab.tasks import get_task
+    task = get_task("arith")                    # graded addition, the bundled tiny reproduction
+    task = get_task("math", source="dapo")      # DAPO-Math-17k + the five AIME-style benchmarks
+
+Every task follows the protocol of :mod:`spo_lab.tasks.base`; the trainer picks one by name
+(``--task``), or takes any object with the same methods (``train(cfg, task=...)``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Problem, Task, content_id, problems_fingerprint
+
+__all__ = ["Problem", "Task", "content_id", "problems_fingerprint", "TASKS", "get_task"]
+
+TASKS: dict[str, str] = {
+    "arith": "spo_lab.tasks.arith:ArithTask",
+    "math": "spo_lab.tasks.math:MathTask",
+}
+"""Task name -> ``module:class``; imported on first use (the math task needs ``datasets``)."""
+
+
+def get_task(name: str, **kwargs) -> Task:
+    """Build the task registered as ``name`` with its keyword arguments (e.g. ``data_dir=``)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(**kwargs)
