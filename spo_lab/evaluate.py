@@ -1,6 +1,7 @@
-"""Sampled evaluation of a policy through its task's own reward: accuracy, pass@k and maj@k.
+"""Sampled evaluation of a policy through its task's own reward: accuracy, pass@k and maj@k, and the paper's
+benchmark protocol as a command line.
 
-Two entry points:
+Entry points:
 
 - :func:`accuracy` -- what the trainer logs every ``eval_every`` steps: greedy and one-sample accuracy
   on held-out problems, overall and per metadata group (the task's ``group_key``, e.g. level).
@@ -8,19 +9,40 @@ Two entry points:
   n samples per problem at temperature 0.6, top_p 0.95, top_k 20, then maj@k, avg@n and unbiased
   pass@k curves.
 
-    answers, correct = sample_answers(engine, task, problems, n=32)
-    curves = pass_and_maj_curves(answers, correct, ks=(1, 2, 4, 8, 16, 32))
+      answers, correct = sample_answers(engine, task, problems, n=32)
+      curves = pass_and_maj_curves(answers, correct, ks=(1, 2, 4, 8, 16, 32))
 
-Correctness is ``task.score`` and the voted answer ``task.extract``: nothing here re-implements a
-task's answer check. pass@k uses the unbiased estimator of :func:`spo_lab.metrics.pass_at_k` on all
-n samples (not k fresh ones); maj@k votes within disjoint blocks of k samples
-(:func:`spo_lab.metrics.maj_at_k`). Sampling runs on a forked, seeded RNG
-(:func:`spo_lab.engines.base.seeded`), so evaluating never changes a training run's random stream.
+- ``python -m spo_lab.evaluate`` (:func:`main`) -- the five benchmarks end to end; every sample kept in
+  ``samples.jsonl``, tables with bootstrap intervals and the paper's numbers in ``summary.json`` /
+  ``summary.md``, the curves in ``pass_at_k.png``; resumable per benchmark:
+
+      python -m spo_lab.evaluate --model PATH --task math --benchmarks aime24,aime25,beyondaime,brumo25,hmmt25 \\
+          --n 32 --temperature 0.6 --top-p 0.95 --top-k 20 --max-new-tokens 8192 --engine vllm --out runs/eval
+
+Metrics, per benchmark of P problems with n samples each, c_i of them correct for problem i:
+
+- avg@n = mean_i c_i / n (plain sample accuracy; the expected avg@k for every k);
+- pass@k = mean_i [1 - C(n - c_i, k) / C(n, k)], the unbiased estimator (:func:`spo_lab.metrics.pass_at_k`),
+  from all n samples, not k fresh ones;
+- maj@k = the most frequent extracted answer is correct, in DISJOINT consecutive blocks of k samples
+  (floor(n / k) blocks per problem; ties to the answer seen first; :func:`spo_lab.metrics.maj_at_k`);
+- 95 % intervals: percentile bootstrap over problems (resampled with replacement, ``--bootstrap``
+  resamples, seeded); the average over benchmarks resamples each benchmark independently.
+
+Correctness is ``task.score`` (> 0.5) and the voted answer ``task.extract``: nothing here re-implements a
+task's answer check. Sampling runs on a forked, seeded RNG (:func:`spo_lab.engines.base.seeded`), so
+evaluating never changes a training run's random stream; each benchmark has its own seed (derived from
+``--seed`` and its name), so skipping or resuming one never changes another.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
+import os
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,10 +51,24 @@ import torch
 from .engines.base import seeded
 from .metrics import maj_at_k, pass_at_k
 
-__all__ = ["accuracy", "sample_answers", "pass_and_maj_curves", "PAPER_EVAL"]
+__all__ = ["accuracy", "sample_answers", "sample_completions", "pass_and_maj_curves", "PAPER_EVAL", "PAPER_MAJ32",
+           "PAPER_AVG32_MEAN", "powers_of_two", "benchmark_metrics", "summarize", "evaluate_benchmarks", "main"]
 
 PAPER_EVAL = dict(temperature=0.6, top_p=0.95, top_k=20)
 """The paper's evaluation sampling settings."""
+
+PAPER_MAJ32 = {
+    "aime24": {"grpo": 83.3, "spo": 84.0}, "aime25": {"grpo": 72.1, "spo": 76.5},
+    "beyondaime": {"grpo": 45.6, "spo": 46.9}, "brumo25": {"grpo": 56.7, "spo": 64.0},
+    "hmmt25": {"grpo": 44.2, "spo": 47.5}, "average": {"grpo": 60.4, "spo": 63.8},
+}
+"""The paper's maj@32 (percent) of Qwen3-8B trained with GRPO and with SPO (SPO_SPEC Sec. 5): THEIR model's
+result, set beside ours for scale, never a target for a different model."""
+
+PAPER_AVG32_MEAN = {"grpo": 55.7, "spo": 56.0}
+"""The paper's avg@32 (percent), averaged over the five benchmarks, Qwen3-8B (SPO_SPEC Sec. 5)."""
+
+PAPER_LABEL = "paper's Qwen3-8B result"
 
 
 @torch.no_grad()
@@ -61,27 +97,46 @@ def accuracy(engine, task, problems, *, temperature: float, max_new_tokens: int,
 
 
 @torch.no_grad()
+def sample_completions(engine, task, problems, n: int = 32, *, temperature: float = 0.6, top_p: float = 0.95,
+                       top_k: int = 20, max_new_tokens: int = 8, batch: int = 1024, seed: int = 0, device=None):
+    """n sampled completions per problem, scored and parsed by the task.
+
+    Generation goes in chunks of ``max(1, batch // n)`` problems (``batch`` responses per engine call).
+    Returns a dict of ``[problems, n]`` arrays: ``texts`` (object), ``answers`` (object,
+    ``task.extract``, None when a completion gives none), ``rewards`` (float64, ``task.score``) and
+    ``truncated`` (bool, no <eos> within ``max_new_tokens``; False where the engine does not say).
+    """
+    P = len(problems)
+    out = {"texts": np.empty((P, n), dtype=object), "answers": np.empty((P, n), dtype=object),
+           "rewards": np.zeros((P, n)), "truncated": np.zeros((P, n), dtype=bool)}
+    per = max(1, batch // n)
+    with seeded(seed, device):
+        for s in range(0, P, per):
+            chunk = problems[s : s + per]
+            r = engine.generate([p.prompt for p in chunk], n, temperature=temperature, top_p=top_p,
+                                top_k=top_k, max_new_tokens=max_new_tokens)
+            rows = slice(s, s + len(chunk))
+            out["texts"][rows] = np.array(list(r.texts), dtype=object).reshape(-1, n)
+            out["answers"][rows] = np.array([task.extract(t) for t in r.texts], dtype=object).reshape(-1, n)
+            scores = task.score(r.texts, [p for p in chunk for _ in range(n)])
+            out["rewards"][rows] = np.asarray(scores, dtype=np.float64).reshape(-1, n)
+            if r.truncated is not None:
+                out["truncated"][rows] = r.truncated.numpy().astype(bool).reshape(-1, n)
+    return out
+
+
 def sample_answers(engine, task, problems, n: int = 32, *, temperature: float = 0.6, top_p: float = 0.95,
                    top_k: int = 20, max_new_tokens: int = 8, batch: int = 1024, seed: int = 0, device=None):
-    """n sampled answers per problem.
+    """n sampled answers per problem (:func:`sample_completions` without the texts).
 
     Returns:
         ``(answers, correct)``: an object array ``[problems, n]`` of extracted answers
         (``task.extract``; None when a completion gives none) and a bool array ``[problems, n]``
         (``task.score`` > 0.5).
     """
-    answers = np.empty((len(problems), n), dtype=object)
-    correct = np.zeros((len(problems), n), dtype=bool)
-    per = max(1, batch // n)
-    with seeded(seed, device):
-        for s in range(0, len(problems), per):
-            chunk = problems[s : s + per]
-            r = engine.generate([p.prompt for p in chunk], n, temperature=temperature, top_p=top_p,
-                                top_k=top_k, max_new_tokens=max_new_tokens)
-            answers[s : s + len(chunk)] = np.array([task.extract(t) for t in r.texts], dtype=object).reshape(-1, n)
-            scores = task.score(r.texts, [p for p in chunk for _ in range(n)])
-            correct[s : s + len(chunk)] = (np.asarray(scores, dtype=np.float64) > 0.5).reshape(-1, n)
-    return answers, correct
+    s = sample_completions(engine, task, problems, n, temperature=temperature, top_p=top_p, top_k=top_k,
+                           max_new_tokens=max_new_tokens, batch=batch, seed=seed, device=device)
+    return s["answers"], s["rewards"] > 0.5
 
 
 def pass_and_maj_curves(answers, correct, ks=(1, 2, 4, 8, 16, 32)) -> pd.DataFrame:
@@ -94,3 +149,368 @@ def pass_and_maj_curves(answers, correct, ks=(1, 2, 4, 8, 16, 32)) -> pd.DataFra
     out = pd.DataFrame(rows)
     out["avg@n"] = float(correct.mean())
     return out
+
+
+# ============================================================================ tables with intervals
+def powers_of_two(n: int) -> list[int]:
+    """1, 2, 4, ... up to n (inclusive when n is a power of two)."""
+    return [2**j for j in range(int(np.log2(n)) + 1)] if n >= 1 else []
+
+
+def _per_problem(answers, correct, ks) -> dict[str, np.ndarray]:
+    """Every metric's per-problem value, ``[P]`` each: its benchmark value is the mean over problems."""
+    correct = np.asarray(correct, dtype=bool)
+    n, c = correct.shape[1], correct.sum(axis=1)
+    out = {f"avg@{n}": c / n}
+    for k in ks:
+        out[f"maj@{k}"] = np.array([maj_at_k([a], [ok], k) for a, ok in zip(answers, correct)])
+    for k in ks:
+        out[f"pass@{k}"] = np.asarray(pass_at_k(n, c, k), dtype=np.float64).reshape(-1)
+    return out
+
+
+def benchmark_metrics(answers, correct, ks=None, *, resamples: int = 2000, seed: int = 0):
+    """Point values and 95 % percentile-bootstrap intervals over problems.
+
+    Returns ``(table, boot)``: ``table[metric] = {"value", "lo", "hi"}`` (fractions in [0, 1]) for
+    avg@n, maj@k and pass@k (k in ``ks``, default the powers of two <= n), and ``boot[metric]``, the
+    ``[resamples]`` bootstrap means (to combine benchmarks into an average with an interval).
+    """
+    correct = np.asarray(correct, dtype=bool)
+    P, n = correct.shape
+    vals = _per_problem(answers, correct, powers_of_two(n) if ks is None else ks)
+    idx = np.random.default_rng(seed).integers(0, P, size=(resamples, P))
+    table, boot = {}, {}
+    for m, v in vals.items():
+        boot[m] = v[idx].mean(axis=1)
+        lo, hi = np.percentile(boot[m], [2.5, 97.5])
+        table[m] = {"value": float(v.mean()), "lo": float(lo), "hi": float(hi)}
+    return table, boot
+
+
+def _read_samples(path: Path) -> list[dict]:
+    """The rows of a samples file; a torn last line (a killed write) is dropped."""
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _arrays(rows: list[dict]):
+    """``(answers, correct)`` ``[P, n]`` from one benchmark's sample rows (ordered by problem, sample)."""
+    P, n = 1 + max(r["problem"] for r in rows), 1 + max(r["sample"] for r in rows)
+    answers, correct = np.empty((P, n), dtype=object), np.zeros((P, n), dtype=bool)
+    seen = np.zeros((P, n), dtype=bool)
+    for r in rows:
+        answers[r["problem"], r["sample"]], correct[r["problem"], r["sample"]] = r["answer"], r["correct"]
+        seen[r["problem"], r["sample"]] = True
+    if not seen.all():
+        raise ValueError(f"benchmark {rows[0]['benchmark']}: {int((~seen).sum())} of {P * n} samples missing")
+    return answers, correct
+
+
+def summarize(samples_path, *, benchmarks=None, resamples: int = 2000, seed: int = 0, settings=None) -> dict:
+    """The ``summary.json`` content, recomputed from a ``samples.jsonl`` file alone.
+
+    ``benchmarks`` fixes the order (default: first appearance). Holds per-benchmark tables
+    (:func:`benchmark_metrics`), their average when there are several and they share n (macro mean, as
+    the paper's "Average" column; interval from the independent per-benchmark bootstraps), and the
+    paper's numbers (:data:`PAPER_MAJ32`, :data:`PAPER_AVG32_MEAN`) as fractions, labelled as its
+    Qwen3-8B result.
+    """
+    by: dict[str, list] = defaultdict(list)
+    for r in _read_samples(Path(samples_path)):
+        by[r["benchmark"]].append(r)
+    names = [b for b in (benchmarks or list(by)) if b in by]
+    out = {"settings": settings or {}, "unit": "fraction of problems, in [0, 1]",
+           "bootstrap": {"resamples": resamples, "seed": seed, "interval": "95% percentile bootstrap, problems "
+                         "resampled with replacement; each benchmark on its own stream derived from the seed"},
+           "maj_definition": "majority answer correct, over disjoint consecutive blocks of k samples, ties to the "
+                             "answer seen first", "benchmarks": {}}
+    boots = {}
+    for b in names:
+        answers, correct = _arrays(by[b])
+        table, boots[b] = benchmark_metrics(answers, correct, resamples=resamples, seed=_bench_seed(seed, b))
+        out["benchmarks"][b] = {"problems": int(correct.shape[0]), "n": int(correct.shape[1]), "metrics": table}
+    if len(names) > 1 and len({out["benchmarks"][b]["n"] for b in names}) == 1:
+        avg = {}
+        for m in out["benchmarks"][names[0]]["metrics"]:
+            mean = np.mean([boots[b][m] for b in names], axis=0)
+            lo, hi = np.percentile(mean, [2.5, 97.5])
+            avg[m] = {"value": float(np.mean([out["benchmarks"][b]["metrics"][m]["value"] for b in names])),
+                      "lo": float(lo), "hi": float(hi)}
+        out["average"] = {"benchmarks": names, "metrics": avg}
+    out["paper"] = {"label": f"{PAPER_LABEL} (SPO_SPEC Sec. 5), not this model's",
+                    "maj@32": {b: {m: v / 100 for m, v in d.items()} for b, d in PAPER_MAJ32.items()},
+                    "avg@32_mean_over_benchmarks": {m: v / 100 for m, v in PAPER_AVG32_MEAN.items()}}
+    return out
+
+
+def _paper_ref(summary: dict, b: str):
+    """The paper's maj@32 pair for row ``b`` (a benchmark, or "average" when it averages exactly the paper's
+    five benchmarks); None for anything else."""
+    paper = summary["paper"]["maj@32"]
+    if b == "average" and set(summary.get("average", {}).get("benchmarks", [])) != set(paper) - {"average"}:
+        return None
+    return paper.get(b)
+
+
+def _pct(d) -> str:
+    return f"{100 * d['value']:.1f} [{100 * d['lo']:.1f}, {100 * d['hi']:.1f}]"
+
+
+def summary_markdown(summary: dict) -> str:
+    """``summary.md``: an overview (ours beside the paper's maj@32) and one table per benchmark, in percent."""
+    s = summary["settings"]
+    rows = {**summary["benchmarks"], **({"average": summary["average"]} if "average" in summary else {})}
+    any_ref = any(_paper_ref(summary, b) for b in rows)
+    note = (f" The last two columns are the **{PAPER_LABEL}** (maj@32, SPO_SPEC Sec. 5), another model trained "
+            "for the paper, set beside ours for scale only." + (f" Here n = {s['n']}: our maj@{s['n']} is not a "
+                                                                "maj@32." if s.get("n", 32) != 32 else ""))
+    lines = [f"# Evaluation of `{s.get('model', '?')}`", "",
+             ", ".join(f"{k} {v}" for k, v in s.items() if k != "model"), "",
+             f"Percent of problems; in brackets a 95 % percentile-bootstrap interval over problems "
+             f"({summary['bootstrap']['resamples']} resamples, seed {summary['bootstrap']['seed']}). maj@k: "
+             f"{summary['maj_definition']}. pass@k: the unbiased estimator from all n samples."
+             + (note if any_ref else ""), ""]
+    head = None
+    for b, d in rows.items():
+        n = d.get("n") or next(iter(summary["benchmarks"].values()))["n"]
+        if head is None:
+            head = ["benchmark", "problems", f"avg@{n}", f"maj@{n}", f"pass@{n}"] + (
+                [f"{PAPER_LABEL}: GRPO maj@32", f"{PAPER_LABEL}: SPO maj@32"] if any_ref else [])
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        m, p = d["metrics"], _paper_ref(summary, b)
+        probs = d.get("problems", sum(summary["benchmarks"][x]["problems"] for x in d.get("benchmarks", [])))
+        ref = [f"{100 * p['grpo']:.1f}", f"{100 * p['spo']:.1f}"] if p else ["-", "-"] if any_ref else []
+        lines.append("| " + " | ".join([b, str(probs)] + [_pct(m[k]) if k in m else "-" for k in
+                                                          (f"avg@{n}", f"maj@{n}", f"pass@{n}")] + ref) + " |")
+    for b, d in rows.items():
+        ks = sorted({int(k.split("@")[1]) for k in d["metrics"] if not k.startswith("avg")})
+        lines += ["", f"## {b}", "", "| k | pass@k | maj@k |", "|---|---|---|"]
+        lines += [f"| {k} | {_pct(d['metrics'][f'pass@{k}'])} | {_pct(d['metrics'][f'maj@{k}'])} |" for k in ks]
+        avg = next(k for k in d["metrics"] if k.startswith("avg@"))
+        lines += ["", f"{avg}: {_pct(d['metrics'][avg])}"]
+        if p := _paper_ref(summary, b):
+            lines.append(f"{PAPER_LABEL}, maj@32: GRPO {100 * p['grpo']:.1f}, SPO {100 * p['spo']:.1f}")
+            if b == "average":
+                q = summary["paper"]["avg@32_mean_over_benchmarks"]
+                lines.append(f"{PAPER_LABEL}, avg@32: GRPO {100 * q['grpo']:.1f}, SPO {100 * q['spo']:.1f}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pass_at_k(summary: dict, path) -> None:
+    """``pass_at_k.png``: one panel per benchmark (and the average), pass@k and maj@k with 95 % bands, and the
+    paper's maj@32 (its Qwen3-8B result) as labelled markers at k = 32; one legend below the panels."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any process
+
+    colors = {"pass": "#222222", "maj": "#009E73", "grpo": "#D55E00", "spo": "#0072B2"}  # spo_lab's GRPO, SPO
+    rows = {**summary["benchmarks"], **({"average": summary["average"]} if "average" in summary else {})}
+    ncols = min(3, len(rows))
+    nrows = -(-len(rows) // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), dpi=120)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    handles = {}
+    for ax, (b, d) in zip(axes, rows.items()):
+        m = d["metrics"]
+        for kind, color, style in (("pass", colors["pass"], "-"), ("maj", colors["maj"], "--")):
+            ks = sorted(int(k.split("@")[1]) for k in m if k.startswith(f"{kind}@"))
+            v = np.array([[m[f"{kind}@{k}"][f] for f in ("value", "lo", "hi")] for k in ks]) * 100
+            label = "pass@k (this model)" if kind == "pass" else "maj@k (this model)"
+            handles[label] = ax.plot(ks, v[:, 0], style, marker="o", ms=3.5, color=color, label=label)[0]
+            ax.fill_between(ks, v[:, 1], v[:, 2], color=color, alpha=0.18, lw=0)
+        ref = _paper_ref(summary, b)
+        if ref:
+            for meth, marker in (("grpo", "s"), ("spo", "D")):
+                label = f"{PAPER_LABEL}: {meth.upper()} maj@32"
+                handles[label] = ax.plot([32], [100 * ref[meth]], marker, ms=7,
+                                         color=colors[meth], mec="black", mew=0.6, label=label, ls="none")[0]
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks + ([32] if 32 not in ks and ref else []))
+        ax.xaxis.set_major_formatter("{x:.0f}")
+        ax.set_ylim(-3, 103)
+        ax.set_title(f"{b} ({d.get('problems', len(d.get('benchmarks', [])))} "
+                     f"{'problems' if 'problems' in d else 'benchmarks'})", fontsize=10)
+        ax.set_xlabel("samples per problem, k")
+        ax.set_ylabel("problems solved (%)")
+        ax.grid(alpha=0.3, lw=0.6)
+    for ax in axes[len(rows):]:
+        ax.set_visible(False)
+    from matplotlib.patches import Patch
+
+    handles["shaded: 95 % bootstrap interval over problems"] = Patch(color="#888888", alpha=0.3, lw=0)
+    per_row = len(handles) if ncols >= 3 else ncols
+    legend_h = 0.2 + 0.2 * -(-len(handles) // per_row)  # inches under the panels, off the data
+    fig.set_size_inches(4.2 * ncols, 3.2 * nrows + legend_h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=per_row, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / (3.2 * nrows + legend_h), 1, 1))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+# ============================================================================ the benchmark run
+def _bench_seed(seed: int, name: str) -> int:
+    return int(hashlib.sha1(f"{seed}/{name}".encode()).hexdigest()[:12], 16)
+
+
+def _jsonable(a):
+    return a if a is None or isinstance(a, (str, int, float, bool)) else str(a)
+
+
+def _write_rows(path: Path, rows: list[dict], mode: str) -> None:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if mode == "replace":
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    else:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _run_settings(out: Path, settings, **sampling) -> dict:
+    """Everything that decides the samples; an error when ``out/run.json`` holds other values."""
+    settings = {**(settings or {}), **sampling}
+    run = Path(out) / "run.json"
+    if run.exists() and json.loads(run.read_text()) != settings:
+        old = json.loads(run.read_text())
+        diff = {k: (old.get(k), settings.get(k)) for k in {*old, *settings} if old.get(k) != settings.get(k)}
+        raise ValueError(f"{out} holds samples made with other settings (was, now: {diff}); use another --out")
+    return settings
+
+
+def evaluate_benchmarks(engine, task, benchmarks: dict, out, *, n: int = 32, temperature: float = 0.6,
+                        top_p: float = 0.95, top_k: int = 20, max_new_tokens: int = 8192, seed: int = 0,
+                        batch: int = 256, device=None, resamples: int = 2000, settings=None, log=print) -> dict:
+    """Sample, keep, score and report ``benchmarks`` (name -> problems) into the folder ``out``.
+
+    Writes ``samples.jsonl`` (one row per sample: benchmark, problem index and id, sample index,
+    completion, extracted answer, gold answer, reward, correct, truncated), ``summary.json``,
+    ``summary.md`` and ``pass_at_k.png``. A benchmark whose n samples per problem are all already in
+    ``samples.jsonl`` (same problem ids) is not sampled again; incomplete ones are redone. Settings are
+    kept in ``run.json``: resuming with other settings is an error (use another ``out``).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _run_settings(out, settings, n=n, temperature=temperature, top_p=top_p, top_k=top_k,
+                             max_new_tokens=max_new_tokens, seed=seed, batch=batch)
+    (out / "run.json").write_text(json.dumps(settings, indent=2))
+    path = out / "samples.jsonl"
+    have: dict[str, list] = defaultdict(list)
+    for r in _read_samples(path):
+        have[r["benchmark"]].append(r)
+    keep = []
+    for b, problems in benchmarks.items():
+        done = {(r["problem"], r["problem_id"], r["sample"]) for r in have.get(b, [])}
+        want = {(i, p.id, j) for i, p in enumerate(problems) for j in range(n)}
+        if done == want and len(have[b]) == len(want):
+            log(f"{b}: {len(problems)} problems x {n} samples already in {path}; skipped")
+            keep += have.pop(b)
+    for b in list(have):  # partial benchmarks are redone; other benchmarks' samples stay
+        if b not in benchmarks:
+            keep += have.pop(b)
+    _write_rows(path, keep, "replace")
+    complete = {r["benchmark"] for r in keep}
+    for b, problems in benchmarks.items():
+        if b in complete:
+            continue
+        log(f"{b}: sampling {len(problems)} problems x {n}")
+        s = sample_completions(engine, task, problems, n, temperature=temperature, top_p=top_p, top_k=top_k,
+                               max_new_tokens=max_new_tokens, batch=batch, seed=_bench_seed(seed, b), device=device)
+        rows = [{"benchmark": b, "problem": i, "problem_id": p.id, "sample": j, "completion": s["texts"][i, j],
+                 "answer": _jsonable(s["answers"][i, j]), "gold": p.answer, "reward": float(s["rewards"][i, j]),
+                 "correct": bool(s["rewards"][i, j] > 0.5), "truncated": bool(s["truncated"][i, j])}
+                for i, p in enumerate(problems) for j in range(n)]
+        _write_rows(path, rows, "append")
+    summary = summarize(path, benchmarks=list(benchmarks), resamples=resamples, seed=seed, settings=settings)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(summary_markdown(summary))
+    plot_pass_at_k(summary, out / "pass_at_k.png")
+    return summary
+
+
+def _benchmark_paths(names, bdir, pairs) -> dict:
+    """name -> local path: ``--benchmark-path NAME=PATH`` first, then ``DIR/<hub repo name>`` or ``DIR/<name>``."""
+    from .tasks.math import BENCHMARKS
+
+    paths = dict(p.split("=", 1) for p in pairs or [])
+    for b in names:
+        if b in paths or bdir is None:
+            continue
+        tried = [Path(bdir) / BENCHMARKS[b].hub_id.split("/")[-1], Path(bdir) / b] if b in BENCHMARKS else []
+        found = [t for t in tried if t.exists()]
+        if not found:
+            raise FileNotFoundError(f"benchmark {b}: none of {[str(t) for t in tried]} exists")
+        paths[b] = str(found[0])
+    return paths
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description="Sampled benchmark evaluation (SPO_SPEC Sec. 4-6): maj@k, avg@n, "
+                                "pass@k with bootstrap intervals, beside the paper's Qwen3-8B numbers.")
+    a = p.add_argument
+    a("--model", default=None, help="model folder or hub id (default: the bundled tiny Qwen3)")
+    a("--task", default="math", help="task name: math (the five benchmarks) | arith")
+    a("--benchmarks", default=None, help="comma list (math default: aime24,aime25,beyondaime,brumo25,hmmt25)")
+    a("--split", default="test", help="comma list of splits to evaluate for a task without benchmarks")
+    a("--benchmark-dir", default=None, help="folder with local benchmark copies, DIR/<hub repo name> or DIR/<name>")
+    a("--benchmark-path", action="append", default=[], metavar="NAME=PATH", help="one benchmark's local copy")
+    a("--data", default=None, help="the task's data (arith folder; math training source, unused here)")
+    a("--limit", type=int, default=0, help="first k problems of each benchmark (0 = all)")
+    a("--n", type=int, default=32, help="samples per problem")
+    a("--temperature", type=float, default=PAPER_EVAL["temperature"])
+    a("--top-p", type=float, default=PAPER_EVAL["top_p"])
+    a("--top-k", type=int, default=PAPER_EVAL["top_k"])
+    a("--max-new-tokens", type=int, default=None, help="default: 8192 for math (the paper's), 8 otherwise")
+    a("--engine", default="hf", choices=["hf", "vllm"])
+    a("--device", default="auto")
+    a("--dtype", default="auto")
+    a("--seed", type=int, default=0)
+    a("--batch", type=int, default=256, help="responses per engine call")
+    a("--thinking", action=argparse.BooleanOptionalAction, default=False, help="Qwen3 thinking mode (math)")
+    a("--style", default="boxed", help="math prompt style: boxed | official")
+    a("--reward", default="math-verify", help="math checker: math-verify | math_dapo")
+    a("--cache-dir", default=None, help="datasets cache folder (math)")
+    a("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95 %% intervals")
+    a("--out", required=True, help="output folder (resumable)")
+    args = p.parse_args(argv)
+
+    from .engines import build_engine
+    from .models import DEFAULT_MODEL_DIR, load_policy, resolve_device
+    from .tasks import get_task
+
+    model_path = str(args.model or DEFAULT_MODEL_DIR)
+    device = resolve_device(args.device)
+    math_task = args.task == "math"
+    names = (args.benchmarks.split(",") if args.benchmarks else
+             ["aime24", "aime25", "beyondaime", "brumo25", "hmmt25"] if math_task else args.split.split(","))
+    max_new = args.max_new_tokens or (8192 if math_task else 8)
+    settings = {"model": model_path, "task": args.task, "engine": args.engine, "device": device.type,
+                "dtype": args.dtype,
+                **({"thinking": args.thinking, "style": args.style, "reward": args.reward} if math_task else {})}
+    sampling = dict(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                    max_new_tokens=max_new, seed=args.seed, batch=args.batch)
+    _run_settings(Path(args.out), settings, **sampling)  # fail before loading anything
+    model, tok = load_policy(model_path, dtype=args.dtype, device=device) if args.engine == "hf" else (None, None)
+    engine = build_engine(args.engine, model=model, tokenizer=tok, model_path=model_path, dtype=args.dtype,
+                          seed=args.seed)
+    tok = tok or engine.tokenizer  # vLLM loads the policy and its tokenizer itself
+    kw = {}
+    if math_task:
+        kw = dict(thinking=args.thinking, style=args.style, reward=args.reward, cache_dir=args.cache_dir,
+                  benchmark_paths=_benchmark_paths(names, args.benchmark_dir, args.benchmark_path))
+    task = get_task(args.task, data=args.data, tokenizer=tok, **kw)
+    benchmarks = {b: task.load(b)[: args.limit or None] for b in names}
+    summary = evaluate_benchmarks(engine, task, benchmarks, args.out, **sampling, device=device,
+                                  resamples=args.bootstrap, settings=settings)
+    print(summary_markdown(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
