@@ -31,8 +31,8 @@ def _as_rewards(rewards, name: str = "rewards") -> Tensor:
         r = r.to(torch.float32)
     if r.dim() != 1:
         raise ValueError(f"{name} must be 1-D [B], got shape {tuple(r.shape)}")
-    if torch.isnan(r).any():
-        raise ValueError(f"{name} contains NaN")
+    if not torch.isfinite(r).all():
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
     return r
 
 

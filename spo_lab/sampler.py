@@ -17,6 +17,7 @@ The official README calls this Thompson sampling, but the code uses the posterio
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Iterator
 
 import torch
@@ -40,8 +41,8 @@ def priority_weights(values, *, eps: float = 0.05, n_eff=None, gamma: float = 0.
     v = torch.as_tensor(values, dtype=torch.float64)
     if torch.isnan(v).any() or (v < 0).any() or (v > 1).any():
         raise ValueError("values must lie in [0, 1] (no NaN)")
-    if eps <= 0:
-        raise ValueError(f"eps must be > 0 so that every prompt can be drawn, got {eps}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be finite and > 0 so that every prompt can be drawn, got {eps}")
     spread = torch.sqrt(v * (1.0 - v))
     if gamma != 0.0:
         if n_eff is None:
@@ -62,8 +63,10 @@ def sample_without_replacement(weights: Tensor, k: int, generator=None) -> Tenso
     categories (torch.multinomial stops at 2**24), so it stays fast at ten million prompts.
     """
     w = torch.as_tensor(weights)
-    if w.dim() != 1 or (w <= 0).any():
-        raise ValueError("weights must be a 1-D tensor of positive numbers")
+    if w.dim() != 1 or not torch.isfinite(w).all() or (w <= 0).any():
+        raise ValueError("weights must be a 1-D tensor of finite, positive numbers")
+    if not torch.isfinite(w.to(torch.float64).sum()):
+        raise ValueError("the weights' sum is not finite (overflow): scale the weights down")
     if not 0 <= k <= w.numel():
         raise ValueError(f"cannot draw {k} distinct items from {w.numel()} candidates")
     u = torch.rand(w.numel(), generator=generator, dtype=torch.float64)
@@ -81,8 +84,8 @@ class SumTree:
 
     def __init__(self, weights: Tensor):
         level = torch.as_tensor(weights, dtype=torch.float64).clone()
-        if level.dim() != 1 or level.numel() == 0 or (level < 0).any() or torch.isnan(level).any():
-            raise ValueError("weights must be a non-empty 1-D tensor of non-negative numbers")
+        if level.dim() != 1 or level.numel() == 0 or (level < 0).any() or not torch.isfinite(level).all():
+            raise ValueError("weights must be a non-empty 1-D tensor of finite, non-negative numbers")
         self.size = level.numel()
         self.levels = []
         while True:
@@ -92,6 +95,8 @@ class SumTree:
             if level.numel() == 1:
                 break
             level = level.view(-1, 2).sum(dim=1)
+        if not torch.isfinite(self.levels[-1]).all():
+            raise ValueError("the weights' sum is not finite (overflow): scale the weights down")
 
     @property
     def total(self) -> float:
@@ -99,10 +104,15 @@ class SumTree:
 
     def update(self, idx: Tensor, weights: Tensor) -> None:
         """Set leaves ``idx`` to ``weights`` (idx may repeat: the last write wins, as in indexing)."""
-        self.levels[0][idx] = weights.to(torch.float64)
+        weights = weights.to(torch.float64)
+        if (weights < 0).any() or not torch.isfinite(weights).all():
+            raise ValueError("weights must be finite and non-negative")
+        self.levels[0][idx] = weights
         for lower, upper in zip(self.levels[:-1], self.levels[1:]):
             idx = torch.unique(idx // 2)
             upper[idx] = lower[2 * idx] + lower[2 * idx + 1]
+        if not torch.isfinite(self.levels[-1]).all():
+            raise ValueError("the weights' sum is not finite (overflow): scale the weights down")
 
     def draw(self, m: int, generator=None) -> Tensor:
         """m independent leaf indices, each with probability weight / total (WITH replacement)."""
@@ -175,8 +185,8 @@ class PrioritizedSampler(Sampler[list]):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if batch_size > tracker.num_prompts:
             raise ValueError(f"batch_size {batch_size} exceeds the {tracker.num_prompts} prompts")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+        if not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be finite and > 0, got {eps}")
         self.tracker = tracker
         self.batch_size = int(batch_size)
         self.eps, self.gamma, self.thompson = float(eps), float(gamma), bool(thompson)

@@ -38,6 +38,7 @@ import copy
 import dataclasses
 import inspect
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ from .evaluate import accuracy
 from .loss import AGG_MODES, policy_loss
 from .metrics import degenerate_mask
 from .models import DEFAULT_MODEL_DIR, DTYPES, LoraSpec, load_policy, model_fingerprint, resolve_device, token_logprobs
-from .offline import offline_counts
+from .offline import import_official_values, offline_counts
+from .run_folder import RunFolder
 from .sampler import sample_without_replacement
 from .spo import SPO
 from .tasks import TASKS, get_task
@@ -142,6 +144,8 @@ class Config:
     """initialise the tracker from n0 samples per prompt of the initial policy"""
     n0: int = 8
     """offline samples per prompt (official 8)"""
+    offline_values: str = ""
+    """official-format offline values ({prompt text: [scores]}) to use instead of the pass ('' = run it)"""
     init_mode: str = "jeffreys"
     """jeffreys (official code) | paper"""
     sampling: str = "prioritized"
@@ -160,7 +164,9 @@ class Config:
     save_every: int = 50
     """checkpoint every k steps (0 = only at the end)"""
     resume: bool = False
-    """continue from out/checkpoint.pt if it exists"""
+    """continue the run in --out from its last checkpoint (settings that change the run are refused)"""
+    overwrite: bool = False
+    """start afresh in an --out that holds another run, removing its results first"""
     cache_dir: str = "runs/cache"
     """where the offline-init counts are cached and reused"""
     save_model: bool = True
@@ -169,31 +175,58 @@ class Config:
     """show a tqdm progress bar"""
 
     def validate(self) -> None:
-        if self.algo not in ALGOS:
-            raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
+        """Check every setting; ValueError naming the flag (``--field-name``) otherwise."""
+        def bad(name, why):
+            raise ValueError(f"--{name.replace('_', '-')} {why}, got {getattr(self, name)!r}")
+
+        def one_of(name, allowed):
+            if getattr(self, name) not in allowed:
+                bad(name, f"must be one of {tuple(allowed)}")
+
+        one_of("algo", ALGOS)
+        one_of("task", TASKS)
+        one_of("engine", ENGINES)
+        one_of("dtype", (*DTYPES, "auto"))
+        one_of("loss_agg", AGG_MODES)
+        one_of("baseline", ("tracker", "none"))
+        one_of("rho_mode", ("kl", "kl-clock", "constant"))
+        one_of("sampling", ("prioritized", "uniform"))
+        one_of("init_mode", ("jeffreys", "paper"))
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            bad("device", "must be auto, cpu, cuda or cuda:N")
+        for name in ("steps", "eval_max_prompts", "save_every", "lora_rank"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        for name in ("responses_per_step", "group_size", "max_new_tokens", "mini_batches", "n0", "eval_every",
+                     "num_threads", "lora_alpha"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        for name in ("temperature", "lr", "max_grad_norm", "d_half", "priority_eps"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                bad(name, "must be a finite number > 0")
+        for name in ("weight_decay", "clip_low", "clip_high", "kl_coef", "priority_gamma", "dual_clip"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                bad(name, "must be a finite number >= 0")
+        if self.clip_low >= 1:
+            bad("clip_low", "must be < 1 (the ratio is clipped below at 1 - clip_low)")
+        if self.dual_clip and self.dual_clip <= 1:
+            bad("dual_clip", "must be > 1 (or 0 to disable)")
+        if not 0 < self.rho_min <= self.rho_max < 1:
+            bad("rho_min", f"and --rho-max must satisfy 0 < rho_min <= rho_max < 1 (rho_max={self.rho_max})")
         g = self.group
         if self.responses_per_step % g:
             raise ValueError(
-                f"equal response budget: responses_per_step={self.responses_per_step} must be a "
-                f"multiple of group_size={g} for {self.algo}"
+                f"equal response budget: --responses-per-step={self.responses_per_step} must be a "
+                f"multiple of --group-size={g} for {self.algo}"
             )
         if self.algo in GROUP_ALGOS and self.group < 2:
-            raise ValueError(f"{self.algo} needs group_size >= 2 (with G = 1 every advantage is 0)")
-        if self.mini_batches < 1 or self.responses_per_step % self.mini_batches:
-            raise ValueError("responses_per_step must be a multiple of mini_batches")
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {sorted(TASKS)}, got {self.task!r}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.dtype not in (*DTYPES, "auto"):
-            raise ValueError(f"dtype must be one of {(*DTYPES, 'auto')}, got {self.dtype!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        for name, allowed in (("loss_agg", AGG_MODES), ("baseline", ("tracker", "none")),
-                              ("rho_mode", ("kl", "kl-clock", "constant")),
-                              ("sampling", ("prioritized", "uniform")), ("init_mode", ("jeffreys", "paper"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+            bad("group_size", f"must be >= 2 for {self.algo} (with G = 1 every advantage is 0)")
+        if self.responses_per_step % self.mini_batches:
+            bad("mini_batches", f"must divide --responses-per-step={self.responses_per_step}")
+        if self.resume and self.overwrite:
+            bad("overwrite", "cannot be combined with --resume")
 
     # derived at run time
     @property
@@ -264,13 +297,22 @@ def train(cfg: Config, *, task=None, engine=None) -> Path:
     follow the protocols of :mod:`spo_lab.tasks.base` and :mod:`spo_lab.engines.base`.
     """
     cfg.validate()
+    folder = RunFolder(cfg.out)  # one run per folder, see spo_lab.run_folder
+    with folder:
+        return _train(cfg, folder, task, engine)
+
+
+def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
     torch.set_num_threads(cfg.num_threads)
     if not cfg.progress:  # also silence transformers' own loading / saving bars
         hf_logging.disable_progress_bar()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    resuming = cfg.resume and ckpt_path.exists()
+    out = folder.path
+    settings = dataclasses.asdict(cfg)
+    ck = folder.load_checkpoint() if cfg.resume else None
+    if cfg.resume and (ck is not None or (out / "config.json").exists()):
+        folder.check_resume(settings)  # before anything is written: a refused resume changes nothing
+    if ck is None:  # a new run (or a resume of a run killed before its first checkpoint)
+        folder.start_fresh(overwrite=cfg.overwrite or cfg.resume)
 
     # ---------------------------------------------------------------- setup: policy, task, engine, state
     random.seed(cfg.seed)
@@ -306,7 +348,11 @@ def train(cfg: Config, *, task=None, engine=None) -> Path:
         spo = SPO(P, cfg.prompts_per_step, rho_min=cfg.rho_min, rho_max=cfg.rho_max, d_half=cfg.d_half,
                   baseline=cfg.baseline, prioritized=cfg.sampling == "prioritized", eps=cfg.priority_eps,
                   gamma=cfg.priority_gamma, thompson=cfg.thompson, seed=cfg.seed + 1)
-        if cfg.offline_init:
+        if cfg.offline_init and cfg.offline_values:  # a missing prompt is an error, never weight 0
+            succ, trials = import_official_values(cfg.offline_values, train_set, missing="error", max_scores=cfg.n0)
+            spo.init_from_counts(succ, trials, mode=cfg.init_mode)
+            offline_responses = int(trials.sum())  # generated elsewhere, still part of the cost
+        elif cfg.offline_init:
             succ, trials = offline_counts(engine, task, train_set, n0=cfg.n0, temperature=cfg.temperature,
                                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, device=device,
                                           model_key=model_fingerprint(model), cache_dir=cfg.cache_dir,
@@ -323,46 +369,34 @@ def train(cfg: Config, *, task=None, engine=None) -> Path:
         return token_logprobs(model, *batch, temperature=cfg.temperature)
 
     start, responses, tokens = 0, 0, 0
-    if resuming:
-        ck = torch.load(ckpt_path, weights_only=False)
+    if ck is not None:
         model.load_state_dict(ck["model"]), optimizer.load_state_dict(ck["optimizer"])
-        gen.set_state(ck["gen"]), torch.set_rng_state(ck["torch_rng"])
-        random.setstate(ck["py_rng"]), np.random.set_state(ck["np_rng"])
-        if device.type == "cuda" and "cuda_rng" in ck:
-            torch.cuda.set_rng_state(ck["cuda_rng"], device)
+        _set_rng_states(ck["rng"], gen, device)
         for obj, name in ((spo, "spo"), (divergence, "divergence")):
             if obj is not None:
                 obj.load_state_dict(ck[name])
         start, responses, tokens = ck["step"], ck["responses"], ck["tokens"]
-        _truncate_metrics(out / "metrics.jsonl", start)
         engine.sync_weights(model)  # ... and from the resumed weights
-    else:
-        (out / "metrics.jsonl").write_text("")
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    log = folder.open_metrics(keep_until_step=start if ck is not None else None)
+    folder.write_config(settings)
     model.eval()
 
     def evaluate(step: int) -> dict:  # on its own seeded RNG: evaluating never changes the run
         return accuracy(engine, task, test_set, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                         seed=cfg.seed * 1_000_003 + step, device=device)
 
-    def save_checkpoint(step: int) -> None:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "gen": gen.get_state(),
-                 "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "np_rng": np.random.get_state(),
+    def save_checkpoint(step: int) -> None:  # tensors and plain values only: loadable with weights_only=True
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_states(gen, device),
                  "step": step, "responses": responses, "tokens": tokens}
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
         for obj, name in ((spo, "spo"), (divergence, "divergence")):
             if obj is not None:
                 state[name] = obj.state_dict()
-        torch.save(state, ckpt_path.with_suffix(".tmp"))
-        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+        folder.save_checkpoint(state)
 
-    log = open(out / "metrics.jsonl", "a")
     bar = tqdm(range(start, cfg.steps), desc=f"{cfg.algo} s{cfg.seed}", disable=not cfg.progress,
                initial=start, total=cfg.steps)
     if start == 0:  # the starting point of every learning curve
-        row = {"step": 0, "responses": 0, "responses_incl_init": offline_responses, **evaluate(0)}
-        log.write(json.dumps(row) + "\n"), log.flush()
+        folder.append(log, {"step": 0, "responses": 0, "responses_incl_init": offline_responses, **evaluate(0)})
     for step in bar:
         m: dict = {"step": step + 1}
         t0 = time.perf_counter()
@@ -426,8 +460,7 @@ def train(cfg: Config, *, task=None, engine=None) -> Path:
             m.update(evaluate(step + 1))
             m["time/eval"] = time.perf_counter() - t6
             bar.set_postfix(reward=f"{m['reward/mean']:.2f}", greedy=f"{m['eval/greedy_acc']:.3f}")
-        log.write(json.dumps(m) + "\n")
-        log.flush()
+        folder.append(log, m)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
             save_checkpoint(step + 1)
     log.close()
@@ -441,10 +474,22 @@ def _var(x: torch.Tensor) -> float:
     return float(x.double().var(unbiased=True)) if x.numel() > 1 else 0.0
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric rows written after the checkpoint (a run killed between saves repeats them)."""
-    rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
-    path.write_text("".join(r + "\n" for r in rows))
+def _rng_states(gen: torch.Generator, device: torch.device) -> dict:
+    """Every random stream of the run, as tensors and plain values (no numpy objects: weights_only loads)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"gen": gen.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_states(state: dict, gen: torch.Generator, device: torch.device) -> None:
+    gen.set_state(state["gen"]), torch.set_rng_state(state["torch"]), random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 # ====================================================================== command line
@@ -468,7 +513,12 @@ def parse_args(argv=None, cls=Config):
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
             parser.add_argument(flag, type=typ, default=f.default, help=f"{docs.get(f.name, '')} (default: %(default)s)")
-    return cls(**vars(parser.parse_args(argv)))
+    cfg = cls(**vars(parser.parse_args(argv)))
+    try:  # every setting is checked before anything loads, and the error names the flag
+        cfg.validate()
+    except ValueError as err:
+        parser.error(str(err))
+    return cfg
 
 
 def main(argv=None) -> None:

@@ -105,7 +105,8 @@ def test_a_task_and_an_engine_from_outside_the_library_train(toy, tmp_path, algo
 # ====================================================================== the import graph
 CORE = {"tracker", "advantages", "sampler", "loss", "metrics", "divergence"}
 PARTS = {"spo", "offline", "run_folder", "models", "tiny_model", "evaluate", "engines", "tasks"}
-RANK = {**{m: 0 for m in CORE}, "__init__": 0, **{m: 1 for m in PARTS}, "train": 2, "experiment": 3, "teaching": 3}
+RANK = {**{m: 0 for m in CORE}, "__init__": 0, **{m: 1 for m in PARTS}, "train": 2, "experiment": 3, "teaching": 3,
+        "profiles": 3}
 THIRD_PARTY_OK_IN_CORE = {"numpy", "torch"}
 
 

@@ -76,13 +76,13 @@ def test_checkpoint_restores_tracker_state(toy, tmp_path):
 
 
 def test_unequal_budget_and_bad_options_are_rejected():
-    with pytest.raises(ValueError, match="multiple of group_size"):
+    with pytest.raises(ValueError, match="multiple of --group-size"):
         Config(algo="grpo", responses_per_step=60, group_size=8).validate()
-    with pytest.raises(ValueError, match="group_size >= 2"):
+    with pytest.raises(ValueError, match="--group-size must be >= 2"):
         Config(algo="grpo", group_size=1).validate()
     with pytest.raises(ValueError, match="algo"):
         Config(algo="ppo").validate()
-    with pytest.raises(ValueError, match="rho_mode"):
+    with pytest.raises(ValueError, match="--rho-mode"):
         Config(rho_mode="fast").validate()
 
 

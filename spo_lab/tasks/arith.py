@@ -48,6 +48,7 @@ import random
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from dataclasses import fields as fields_of
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,7 @@ POOLS = ("rl", "warmup")
 # Longest integer parse_answer accepts; also keeps int() far below Python's 4300-digit limit.
 MAX_ANSWER_DIGITS = 64
 _LEADING_INTEGER = re.compile(r"\s*(-?[0-9]+)")
+_CANONICAL_INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 
 
 @dataclass(frozen=True)
@@ -241,27 +243,78 @@ def save_problems(problems: Iterable[Problem], path: str | Path) -> None:
 
 
 def load_problems(split: str, data_dir: str | Path | None = None) -> list[Problem]:
-    """Load ``train`` or ``test`` problems from ``<data_dir>/<split>.jsonl``.
+    """Load ``train`` or ``test`` problems from ``<data_dir>/<split>.jsonl``, checking every line.
 
     ``data_dir`` defaults to ``DEFAULT_DATA_DIR`` (the repository's ``data/arith``). The order of
     the file is kept; the trainer addresses prompts by their position in this list.
+
+    Each line must be a JSON object with exactly the fields of :class:`Problem`; its ``id`` must be
+    ``problem_id(prompt)``, its prompt the operands joined by ``+`` and its answer their sum in
+    canonical form. A duplicate prompt, or (for the test split) a prompt also in ``train.jsonl`` of the
+    same folder, is an error. Every error names the file and the line.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    path = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir) / f"{split}.jsonl"
+    folder = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir)
+    path = folder / f"{split}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(
             f"no {split} problems at {path}; rebuild them with "
             "`python scripts/build_tiny_model.py --seed 0 --out data` or pass data_dir="
         )
-    problems = []
+    fields = [f.name for f in fields_of(Problem)]
+    problems, first_line = [], {}
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
                 row = json.loads(line)
-                row["operands"] = tuple(row["operands"])
-                problems.append(Problem(**row))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for key in fields:
+                if key not in row:
+                    raise ValueError(f"{where}: missing field {key!r}")
+            for key in row:
+                if key not in fields:
+                    raise ValueError(f"{where}: unknown field {key!r} (fields: {fields})")
+            problems.append(_checked_problem(row, where))
+            prompt = problems[-1].prompt
+            if prompt in first_line:
+                raise ValueError(f"{where}: duplicate prompt {prompt!r} (first on line {first_line[prompt]})")
+            first_line[prompt] = n
+    if split != "train" and (folder / "train.jsonl").is_file():
+        train_prompts = {p.prompt for p in load_problems("train", folder)}
+        for p in problems:
+            if p.prompt in train_prompts:
+                raise ValueError(f"{path}:{first_line[p.prompt]}: prompt {p.prompt!r} is also in train.jsonl "
+                                 "(held-out prompts must not be trained on)")
     return problems
+
+
+def _checked_problem(row: dict, where: str) -> Problem:
+    """A Problem from a JSON row whose id, prompt, answer and derived fields agree (ValueError otherwise)."""
+    ops = row["operands"]
+    if not (isinstance(ops, list) and len(ops) >= 2 and all(isinstance(x, int) and x >= 0 for x in ops)):
+        raise ValueError(f"{where}: operands must be a list of >= 2 non-negative integers, got {ops!r}")
+    if not isinstance(row["answer"], str) or not _CANONICAL_INTEGER.fullmatch(row["answer"]):
+        raise ValueError(f"{where}: answer {row['answer']!r} is not a canonical integer")
+    expected = make_problem(ops, row["level"])
+    if row["prompt"] != expected.prompt:
+        raise ValueError(f"{where}: prompt {row['prompt']!r} does not match the operands {ops}")
+    if row["answer"] != expected.answer:
+        raise ValueError(f"{where}: answer {row['answer']!r} is not the sum of {ops} ({expected.answer})")
+    if row["id"] != expected.id:
+        raise ValueError(f"{where}: id {row['id']!r} does not match the prompt's content id {expected.id!r}")
+    if row["level"] not in LEVELS:
+        raise ValueError(f"{where}: unknown level {row['level']!r}; known levels: {sorted(LEVELS)}")
+    if (row["n_digits"], row["n_carries"]) != (expected.n_digits, expected.n_carries):
+        raise ValueError(f"{where}: n_digits / n_carries {row['n_digits']}, {row['n_carries']} disagree with the "
+                         f"operands ({expected.n_digits}, {expected.n_carries})")
+    return expected
 
 
 def parse_answer(completion: str) -> int | None:
