@@ -99,6 +99,12 @@ class Config:
     """LoRA scaling numerator (update = alpha / rank * B A)"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass (long responses on a GPU)"""
+    vllm_gpu_memory_utilization: float = 0.0
+    """share of the GPU vLLM may take, weights + KV cache (0 = the engine's default; --engine vllm only)"""
+    vllm_max_model_len: int = 0
+    """longest prompt + response vLLM reserves KV cache for (0 = the model's maximum; --engine vllm only)"""
+    vllm_sleep: bool = False
+    """put vLLM to sleep during each update, freeing its GPU memory for the trainer (CUDA; --engine vllm only)"""
     num_threads: int = 1
     """torch CPU threads (1 keeps runs bit-reproducible and lets two runs share 2 cores)"""
     # ------------------------------------------------------------------ response budget
@@ -213,6 +219,12 @@ class Config:
             bad("clip_low", "must be < 1 (the ratio is clipped below at 1 - clip_low)")
         if self.dual_clip and self.dual_clip <= 1:
             bad("dual_clip", "must be > 1 (or 0 to disable)")
+        if not (0 <= self.vllm_gpu_memory_utilization < 1):
+            bad("vllm_gpu_memory_utilization", "must be in [0, 1)")
+        if self.vllm_max_model_len < 0:
+            bad("vllm_max_model_len", "must be >= 0")
+        if self.vllm_sleep and self.engine != "vllm":
+            bad("vllm_sleep", "needs --engine vllm")
         if not 0 < self.rho_min <= self.rho_max < 1:
             bad("rho_min", f"and --rho-max must satisfy 0 < rho_min <= rho_max < 1 (rho_max={self.rho_max})")
         g = self.group
@@ -331,8 +343,11 @@ def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
     if cfg.prompts_per_step > P:
         raise ValueError(f"{cfg.prompts_per_step} prompts per step exceed the {P} training prompts")
     if engine is None:
+        vllm_kwargs = {} if cfg.engine != "vllm" else {
+            k: v for k, v in (("gpu_memory_utilization", cfg.vllm_gpu_memory_utilization),
+                              ("max_model_len", cfg.vllm_max_model_len), ("enable_sleep_mode", cfg.vllm_sleep)) if v}
         engine = build_engine(cfg.engine, model=model, tokenizer=tokenizer, model_path=cfg.model, dtype=cfg.dtype,
-                              seed=cfg.seed)
+                              seed=cfg.seed, **vllm_kwargs)
     engine.sync_weights(model)  # the engine samples from the policy as loaded
     ref_model = copy.deepcopy(model).eval() if cfg.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(_trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -423,7 +438,11 @@ def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
             adv, adv_raw = group_advantages(cfg, rewards)
         t3 = time.perf_counter()
         # ------------------------------------------------------------ 5. loss and optimiser
+        if cfg.vllm_sleep:  # colocated on one GPU: vLLM hands its memory to the update, then takes it back
+            engine.sleep()
         loss_stats = ppo_update(cfg, model, optimizer, rollouts, adv, gen, ref_model)
+        if cfg.vllm_sleep:
+            engine.wake_up()
         engine.sync_weights(model)
         t4 = time.perf_counter()
         # ------------------------------------------------------------ 6. tracker update (after the policy update)
@@ -502,17 +521,23 @@ def _field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def parse_args(argv=None, cls=Config):
-    """Build an argparse parser from a config dataclass: ``--field-name value`` for every field."""
+def parse_args(argv=None, cls=Config, defaults: dict | None = None):
+    """Build an argparse parser from a config dataclass: ``--field-name value`` for every field.
+
+    ``defaults`` replaces the dataclass defaults of some fields (a named profile, see spo_lab.profiles).
+    """
+    defaults = defaults or {}
     docs = _field_docs(cls)
     parser = argparse.ArgumentParser(description=(inspect.getmodule(cls).__doc__ or "").split("\n")[0])
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=docs.get(f.name))
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=defaults.get(f.name, f.default),
+                                help=docs.get(f.name))
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            parser.add_argument(flag, type=typ, default=f.default, help=f"{docs.get(f.name, '')} (default: %(default)s)")
+            parser.add_argument(flag, type=typ, default=defaults.get(f.name, f.default),
+                                help=f"{docs.get(f.name, '')} (default: %(default)s)")
     cfg = cls(**vars(parser.parse_args(argv)))
     try:  # every setting is checked before anything loads, and the error names the flag
         cfg.validate()

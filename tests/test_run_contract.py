@@ -134,6 +134,7 @@ def test_a_second_run_on_a_locked_folder_is_refused(toy, tmp_path):
     (["--eval-every", "0"], "--eval-every"), (["--lr", "nan"], "--lr"), (["--temperature", "0"], "--temperature"),
     (["--rho-min", "0.99", "--rho-max", "0.9"], "--rho-min"), (["--steps", "-1"], "--steps"),
     (["--max-grad-norm", "inf"], "--max-grad-norm"), (["--d-half", "0"], "--d-half"),
+    (["--vllm-sleep"], "--vllm-sleep"), (["--vllm-gpu-memory-utilization", "1.5"], "--vllm-gpu-memory-utilization"),
 ])
 def test_bad_settings_are_argument_errors_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -230,3 +231,12 @@ def test_offline_values_file_must_cover_every_prompt(toy, tmp_path):
     export_official_values(path, probs, torch.ones(len(probs)), torch.full((len(probs),), 2.0))
     out = train(cfg_for(toy, tmp_path / "r2", steps=1, offline_values=str(path)))
     assert metrics(out).responses_incl_init.iloc[-1] == 16 + 2 * len(probs)
+
+
+def test_a_missing_model_folder_is_named(tmp_path):
+    from spo_lab.models import load_policy
+
+    with pytest.raises(FileNotFoundError, match=r"model folder '/nonexistent' does not exist"):
+        load_policy("/nonexistent")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_policy(tmp_path / "no-such-model")
