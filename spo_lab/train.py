@@ -380,8 +380,12 @@ def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
         elif cfg.rho_mode == "kl-clock":
             divergence = KLClock(P)
 
-    def score(*batch):  # log-probs of responses under the current policy, for D(x)
-        return token_logprobs(model, *batch, temperature=cfg.temperature)
+    rows = cfg.responses_per_step // cfg.mini_batches  # the update's rows per forward: the memory it was sized for
+
+    @torch.no_grad()
+    def score(*batch):  # log-probs of responses under the current policy, for D(x), a mini-batch at a time
+        return torch.cat([token_logprobs(model, *(t[i : i + rows] for t in batch), temperature=cfg.temperature)
+                          for i in range(0, batch[0].shape[0], rows)])
 
     start, responses, tokens = 0, 0, 0
     if ck is not None:
@@ -438,12 +442,9 @@ def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
             adv, adv_raw = group_advantages(cfg, rewards)
         t3 = time.perf_counter()
         # ------------------------------------------------------------ 5. loss and optimiser
-        if cfg.vllm_sleep:  # colocated on one GPU: vLLM hands its memory to the update, then takes it back
+        if cfg.vllm_sleep:  # colocated on one GPU: vLLM hands its memory to the update and D's re-scoring
             engine.sleep()
         loss_stats = ppo_update(cfg, model, optimizer, rollouts, adv, gen, ref_model)
-        if cfg.vllm_sleep:
-            engine.wake_up()
-        engine.sync_weights(model)
         t4 = time.perf_counter()
         # ------------------------------------------------------------ 6. tracker update (after the policy update)
         if spo is not None:
@@ -454,6 +455,11 @@ def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
                       "tracker/D_max": float(D.max()) if D is not None else 0.0,
                       **spo.stats(), "sampled/v_mean": float(v_before.mean())})
         t5 = time.perf_counter()
+        # ------------------------------------------------------------ 7. the engine samples the updated policy next
+        if cfg.vllm_sleep:
+            engine.wake_up()
+        engine.sync_weights(model)
+        t_sync = time.perf_counter() - t5
         responses += len(rollouts)
         tokens += rollouts.num_tokens
         # ------------------------------------------------------------ metrics
@@ -465,7 +471,7 @@ def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
             "truncated_frac": float(rollouts.truncated.double().mean()),
             **{f"loss/{k}": v for k, v in loss_stats.items()},
             "time/sample": t1 - t0, "time/generate": t2 - t1, "time/score": t3 - t2,
-            "time/update": t4 - t3, "time/tracker": t5 - t4,
+            "time/update": t4 - t3, "time/tracker": t5 - t4, "time/sync": t_sync,
         })
         if group_vals is not None:
             m[f"sampled/{key}_mean"] = float(group_vals[row_ids].mean())
