@@ -496,9 +496,14 @@ def main(argv=None) -> dict:
     sampling = dict(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                     max_new_tokens=max_new, seed=args.seed, batch=args.batch)
     _run_settings(Path(args.out), settings, **sampling)  # fail before loading anything
-    model, tok = load_policy(model_path, dtype=args.dtype, device=device) if args.engine == "hf" else (None, None)
+    # vLLM loads a full checkpoint itself; a LoRA adapter folder needs the policy here to hot-load it
+    lora_folder = (Path(model_path) / "adapter_config.json").is_file()
+    model, tok = (load_policy(model_path, dtype=args.dtype, device=device) if args.engine == "hf" or lora_folder
+                  else (None, None))
     engine = build_engine(args.engine, model=model, tokenizer=tok, model_path=model_path, dtype=args.dtype,
                           seed=args.seed)
+    if lora_folder:
+        engine.sync_weights(model)
     tok = tok or engine.tokenizer  # vLLM loads the policy and its tokenizer itself
     kw = {}
     if math_task:

@@ -50,7 +50,10 @@ def run_configs(names, seeds: int, steps: int, out: Path, **overrides) -> list[C
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         raise ValueError(f"unknown runs {unknown}; known: {sorted(RUNS)}")
-    base = Config(steps=steps, progress=False, save_model=True, num_threads=1, cache_dir=str(out / "cache"))
+    # The job owns out/runs/: running it again replaces the runs it made before (each run folder is
+    # replaced whole; see spo_lab.run_folder), it never mixes old and new rows.
+    base = Config(steps=steps, progress=False, save_model=True, num_threads=1, cache_dir=str(out / "cache"),
+                  overwrite=True)
     return [
         replace(base, **RUNS[name], **overrides, seed=seed, out=str(out / "runs" / name / f"seed{seed}"))
         for name in names

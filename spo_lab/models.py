@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["DEFAULT_MODEL_DIR", "LoraSpec", "load_policy", "resolve_device", "resolve_dtype", "token_logprobs",
-           "is_lora", "model_fingerprint"]
+           "is_lora", "base_model_path", "model_fingerprint"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny-qwen3"
 """The bundled warm-started tiny Qwen3, written by ``scripts/build_tiny_model.py``."""
@@ -80,7 +80,9 @@ def load_policy(
         gradient_checkpointing: recompute activations in the backward pass (long responses).
 
     Returns the model in eval mode and its tokenizer, padding on the left (batched generation).
-    Only safetensors weights are read and no code from the checkpoint is run.
+    Only safetensors weights are read and no code from the checkpoint is run. A folder holding a saved
+    LoRA adapter (``adapter_config.json``, what a ``--lora-rank`` run writes to ``final_model/``) loads
+    its base model with the adapter on top (trainable only when ``lora`` is given).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -95,6 +97,10 @@ def load_policy(
                                 f"such as 'Qwen/Qwen3-0.6B'{hint}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    adapter = Path(path_s).expanduser() / "adapter_config.json"
+    if adapter.is_file():  # a trained LoRA adapter (what a LoRA run saves): its base model plus the adapter
+        return _load_adapter(Path(path_s).expanduser(), adapter, dtype=dt, device=dev, trainable=lora is not None,
+                             gradient_checkpointing=gradient_checkpointing)
     model = AutoModelForCausalLM.from_pretrained(path_s, dtype=dt, use_safetensors=True, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(path_s, trust_remote_code=False)
     tokenizer.padding_side = "left"
@@ -113,6 +119,33 @@ def load_policy(
                          target_modules=lora.target_modules, task_type="CAUSAL_LM", bias="none")
         model = get_peft_model(model, cfg)
     return model.eval(), tokenizer
+
+
+def _load_adapter(folder: Path, config: Path, *, dtype, device, trainable: bool, gradient_checkpointing: bool):
+    """``(model, tokenizer)`` for a saved peft adapter: the base model named in adapter_config.json + the adapter."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    base_path = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base_path:
+        raise ValueError(f"{config} names no base_model_name_or_path: cannot load the adapter's base model")
+    base, tokenizer = load_policy(base_path, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing)
+    model = PeftModel.from_pretrained(base, str(folder), is_trainable=trainable)
+    if (folder / "tokenizer_config.json").is_file():  # the trainer saves the tokenizer beside the adapter
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def base_model_path(model, default: str) -> str:
+    """The checkpoint a vLLM engine should load for ``model``: a LoRA policy's base model, else ``default``."""
+    if is_lora(model):
+        return next(iter(model.peft_config.values())).base_model_name_or_path or default
+    return default
 
 
 def is_lora(model) -> bool:

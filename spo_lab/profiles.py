@@ -4,17 +4,17 @@
     python -m spo_lab.profiles colab    # one profile: settings, memory breakdown, check against this GPU
     cfg = spo_lab.profiles.apply_profile("colab", steps=100)   # a validated spo_lab.train.Config
 
-A profile is a dict of :class:`spo_lab.train.Config` overrides plus what the Config cannot hold:
-``engine_kwargs`` for the vLLM engine (Config has no field for them; pass them with
-``train(cfg, engine=build_engine("vllm", ..., **engine_kwargs))`` or, should Config grow a field of the
-same name, :func:`apply_profile` sets it) and ``estimate_kwargs`` (assumed prompt length etc.).
+A profile is a dict of :class:`spo_lab.train.Config` overrides, ``engine_kwargs`` for the vLLM engine
+(:func:`apply_profile` puts each in the Config field ``vllm_<name>``, e.g. ``vllm_gpu_memory_utilization``)
+and ``estimate_kwargs`` (what the Config does not say but memory depends on: the prompt length, ...).
 
 The memory model (:func:`estimate_memory`) is arithmetic on the published architecture, not a
 measurement. Units are GiB (2**30 bytes, what torch reports). Accuracy: weights, gradients and optimizer
 state within ~5%; the vLLM term is what vLLM reserves (utilisation x card); activations and logits
 within a factor of ~1.5 either way (allocator fragmentation, kernel workspaces and padding move them).
-Checked against peak RSS on a CPU, fp32, random-init Qwen3-0.6B-shaped models with 2-8 layers: activations
-within 15%, activations + logits 0.87-1.15x the measurement; the bf16 GPU path is not measured.
+Checked against peak RSS on a CPU (fp32, random-init Qwen3-0.6B-shaped models with 2-8 layers, one
+token_logprobs forward + backward): activations + logits came out 1.03-1.34x the measurement, never below;
+the bf16 GPU path (an extra fp32 copy of the logits) and vLLM are not measured.
 Read the total as +-30%: a verdict with less than ~15% headroom is a "maybe", found out by running.
 """
 
@@ -100,17 +100,21 @@ class MemoryEstimate:
     kv_cache_gb: float
     kv_tokens: int
     rows_per_forward: int
+    engine_sleeps: bool = False
     assumptions: list[str] = field(default_factory=list)
 
     @property
     def static_gb(self) -> float:
-        """Held all run long: weights, gradients, optimizer state, the vLLM reservation, CUDA overhead."""
-        return self.weights_gb + self.grads_gb + self.optimizer_gb + self.engine_gb + self.overhead_gb
+        """Held all run long: weights, gradients, optimizer state, CUDA overhead, the vLLM reservation
+        (unless vLLM sleeps during the update: then it is part of the other phases)."""
+        return (self.weights_gb + self.grads_gb + self.optimizer_gb + self.overhead_gb
+                + (0.0 if self.engine_sleeps else self.engine_gb))
 
     @property
     def transient_gb(self) -> float:
-        """The largest phase on top: a training mini-batch, the D re-scoring pass, or HF generation."""
-        return max(self.activations_gb + self.logits_gb, self.scoring_gb, self.generate_gb)
+        """The largest phase on top: a training mini-batch, the D re-scoring pass, or generation."""
+        awake = self.engine_gb if self.engine_sleeps else 0.0  # vLLM is awake only while generating
+        return max(self.activations_gb + self.logits_gb, self.scoring_gb, self.generate_gb + awake)
 
     @property
     def total_gb(self) -> float:
@@ -140,7 +144,7 @@ def estimate_memory(
     max_prompt_tokens: int = 512, max_new_tokens: int = 1024, gradient_checkpointing: bool = False,
     engine: str = "vllm", vllm_gpu_memory_utilization: float = 0.5, gpu_memory_gb: float = 80.0,
     rows_per_forward: int | None = None, score_passes: int = 2, fp32_master: bool = False,
-    ref_model: bool = False, overhead_gb: float = 0.75,
+    ref_model: bool = False, overhead_gb: float = 0.75, vllm_sleep: bool = False,
 ) -> MemoryEstimate:
     """Estimate the peak memory of ``spo_lab.train`` on one GPU (policy and vLLM colocated).
 
@@ -168,12 +172,16 @@ def estimate_memory(
       rows, no grad): assumed chunked to r rows per forward, r s V b + 2 r T V 4 (a note gives the cost
       of one unchunked forward).
     - vLLM (``engine="vllm"``): it reserves ``vllm_gpu_memory_utilization`` x the card for its own
-      weights copy, KV cache and workspace (~1 GiB assumed); the KV cache is what is left. ``engine="hf"``
+      weights copy, KV cache and workspace (~1 GiB assumed); the KV cache is what is left. With
+      ``vllm_sleep`` (``Config.vllm_sleep``) vLLM frees it from the update until after the D re-scoring
+      pass and holds it only while generating (and syncing). ``engine="hf"``
       instead holds, while generating all R responses at once, a KV cache of R s 2 L kv b bytes and
       every step's fp32 logits (``output_logits``), R T V 4 bytes.
     - overhead: CUDA context, cuBLAS workspace, allocator slack: ``overhead_gb``.
 
-    Peak = weights + grads + optimizer + vLLM + overhead + max(activations + logits, re-scoring, HF KV).
+    Peak = weights + grads + optimizer + vLLM + overhead + max(activations + logits, re-scoring, HF KV);
+    with ``vllm_sleep``: weights + grads + optimizer + overhead + max(activations + logits, re-scoring,
+    vLLM + HF KV).
     """
     a = get_arch(model)
     b = dtype_bytes
@@ -219,14 +227,15 @@ def estimate_memory(
         model=a.name, params=n, trainable=trainable, weights_gb=weights / GiB, grads_gb=grads / GiB,
         optimizer_gb=optim / GiB, engine_gb=engine_b / GiB, overhead_gb=overhead_gb, activations_gb=act / GiB,
         logits_gb=logits / GiB, scoring_gb=scoring / GiB, generate_gb=generate / GiB, kv_cache_gb=kv_cache / GiB,
-        kv_tokens=kv_tokens, rows_per_forward=r, assumptions=notes)
+        kv_tokens=kv_tokens, rows_per_forward=r, engine_sleeps=vllm_sleep and engine == "vllm", assumptions=notes)
 
 
 def estimate_config(cfg, *, gpu_memory_gb: float = 80.0, dtype_bytes: int | None = None, **kwargs) -> MemoryEstimate:
     """:func:`estimate_memory` for a :class:`spo_lab.train.Config` (``dtype="auto"`` counts 2 bytes: a GPU)."""
     kw = dict(lora_rank=cfg.lora_rank, responses_per_step=cfg.responses_per_step, mini_batches=cfg.mini_batches,
               max_new_tokens=cfg.max_new_tokens, gradient_checkpointing=cfg.gradient_checkpointing,
-              engine=cfg.engine, ref_model=cfg.kl_coef > 0,
+              engine=cfg.engine, ref_model=cfg.kl_coef > 0, vllm_sleep=getattr(cfg, "vllm_sleep", False),
+              vllm_gpu_memory_utilization=getattr(cfg, "vllm_gpu_memory_utilization", 0) or 0.5,
               score_passes={"kl": 2, "kl-clock": 1}.get(cfg.rho_mode, 0) if cfg.algo == "spo" else 0)
     kw.update(kwargs)
     b = dtype_bytes or _DTYPE_BYTES.get(cfg.dtype, 2)
@@ -285,16 +294,13 @@ class Profile:
     """the card it is sized for, GiB as torch reports it (a "16 GB" T4: 14.7; an 80 GB A100/H100: 79.1)"""
     notes: str = ""
     engine_kwargs: dict = field(default_factory=dict)
-    """for the vLLM engine (``build_engine("vllm", ..., **engine_kwargs)``); Config has no field for them"""
+    """vLLM settings, set as the Config fields ``vllm_<key>`` (``build_engine("vllm", ..., **engine_kwargs)``)"""
     estimate_kwargs: dict = field(default_factory=dict)
     fits_single_gpu: bool = True
 
     def estimate(self, gpu_memory_gb: float | None = None) -> MemoryEstimate:
         cfg = apply_profile(self.name)
-        kw = dict(self.estimate_kwargs)
-        if cfg.engine == "vllm":
-            kw.setdefault("vllm_gpu_memory_utilization", self.engine_kwargs.get("gpu_memory_utilization", 0.5))
-        return estimate_config(cfg, gpu_memory_gb=gpu_memory_gb or self.gpu_memory_gb, **kw)
+        return estimate_config(cfg, gpu_memory_gb=gpu_memory_gb or self.gpu_memory_gb, **self.estimate_kwargs)
 
 
 _MATH = dict(task="math", engine="vllm", device="cuda", algo="spo", temperature=1.0, save_every=25)
@@ -321,8 +327,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
         gpu_memory_gb=79.1, engine_kwargs=dict(gpu_memory_utilization=0.3, max_model_len=3072),
         estimate_kwargs=dict(max_prompt_tokens=1024),
         notes="4 responses per forward: logits ~3.2 GiB per 2k-token row. vLLM keeps its own 15 GiB copy of "
-              "the weights; its KV cache holds ~a quarter of the batch at once (with vLLM sleep mode, "
-              "unused by the trainer so far, it could take 0.9 while generating). The offline init (8 x 14.1k "
+              "the weights; its KV cache holds ~a quarter of the batch at once. vllm_sleep frees vLLM during the update "
+              "but not during the D re-scoring pass after it, so it buys little room here. The offline init (8 x 14.1k "
               "prompts) takes hours; it is cached in cache_dir. Alternative: gpu80-full."),
     Profile(
         "gpu80-full", "Qwen3-1.7B full fine-tuning (fp32 weights + AdamW) on one 80 GB GPU, vLLM colocated",
@@ -384,7 +390,7 @@ def describe(name: str, device_total_gb: float | None = None) -> str:
         sized = check_fits(est, p.gpu_memory_gb)
     over = ", ".join(f"{k}={v!r}" for k, v in p.overrides.items())
     lines = [f"profile {p.name}: {p.description}", f"  Config overrides: {over}",
-             f"  vLLM engine kwargs (not Config fields): {p.engine_kwargs}", f"  notes: {p.notes}", est.table(),
+             f"  vLLM settings (Config vllm_* fields): {p.engine_kwargs}", f"  notes: {p.notes}", est.table(),
              f"  sized for {p.gpu_memory_gb:g} GiB: {sized}", f"  this machine: {here}"]
     if not p.fits_single_gpu:
         lines.append("  single GPU: no -- needs the multi-GPU scale-out path (not part of spo_lab yet)")

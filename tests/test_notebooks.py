@@ -220,3 +220,29 @@ def test_short_run_returns_long_metrics(toy):
     assert list(df.columns[:2]) == ["run", "seed"]
     assert (df.run == "grpo-toy").all() and (df.seed == 3).all()
     assert df.step.tolist() == [0, 1, 2] and "grpo/degenerate_frac" in df.columns
+
+
+def test_full_scale_notebook_picks_colab_on_colab_and_labels_its_cpu_stand_in(monkeypatch):
+    """Notebook 9: on Colab with SPO_LAB_PROFILE unset its parameters cell picks the GPU profile "colab" (an explicit
+    SPO_LAB_PROFILE still wins), and its committed CPU outputs say in so many words that they are the tiny stand-in."""
+    import types
+
+    data = _load(ROOT / "notebooks" / "09_full_scale.ipynb")
+    params = next(_src(c) for c in data["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+
+    def profile_chosen():
+        ns: dict = {}
+        exec(params, ns)  # the cell only reads the environment and defines SETTINGS
+        return ns["PROFILE"]
+
+    monkeypatch.delenv("SPO_LAB_PROFILE", raising=False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert profile_chosen() == "default"
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert profile_chosen() == "colab"
+    monkeypatch.setenv("SPO_LAB_PROFILE", "ci")
+    assert profile_chosen() == "ci"
+
+    text = "\n".join(t for c in data["cells"] if c["cell_type"] == "code" for t in _text_outputs(c))
+    assert "THIS IS THE TINY CPU STAND-IN, NOT QWEN3" in text
+    assert "SYNTHETIC fixtures" in text

@@ -75,6 +75,15 @@ def test_components_add_up(engine, lora):
     assert e.kv_cache_gb <= e.engine_gb
 
 
+def test_vllm_sleep_frees_the_engine_during_the_update_only():
+    kw = dict(KW, lora_rank=64, vllm_gpu_memory_utilization=0.6)
+    awake, asleep = estimate_memory("Qwen3-8B", **kw), estimate_memory("Qwen3-8B", vllm_sleep=True, **kw)
+    state = asleep.weights_gb + asleep.grads_gb + asleep.optimizer_gb + asleep.overhead_gb
+    phases = (asleep.activations_gb + asleep.logits_gb, asleep.engine_gb + asleep.scoring_gb, asleep.engine_gb)
+    assert math.isclose(asleep.total_gb, state + max(phases))
+    assert asleep.total_gb < awake.total_gb and asleep.engine_gb == awake.engine_gb
+
+
 def test_static_terms_follow_the_stated_byte_counts():
     n = QWEN3["Qwen3-8B"].n_params
     full = estimate_memory("Qwen3-8B", dtype_bytes=2, **KW)

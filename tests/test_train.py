@@ -145,3 +145,21 @@ def test_metrics_file_is_valid_json_lines(toy, tmp_path):
     for line in (out / "metrics.jsonl").read_text().splitlines():
         json.loads(line)  # strict JSON: no NaN / Infinity tokens
         assert "NaN" not in line and "Infinity" not in line
+
+
+def test_a_lora_run_trains_the_adapter_only_and_its_final_model_loads_back(toy, tmp_path):
+    from spo_lab.models import is_lora
+
+    out = train(small_cfg(toy, tmp_path / "lora", steps=2, lora_rank=4, save_model=True))
+    assert (out / "final_model" / "adapter_config.json").is_file()
+    model, tok = load_policy(out / "final_model")  # base model from adapter_config.json + the adapter
+    assert is_lora(model) and not any(p.requires_grad for p in model.parameters())
+    base, _ = load_policy(toy / "model")
+    changed = [n for n, p in model.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
+    assert changed, "the adapter did not move"
+    # only adapter weights are trained: the base weights inside the adapter model equal the checkpoint's
+    base_sd = base.state_dict()
+    for n, p in model.named_parameters():
+        if "lora_" not in n:
+            key = n.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(p, base_sd[key]), n

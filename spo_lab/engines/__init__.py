@@ -38,8 +38,9 @@ def build_engine(name: str, *, model, tokenizer, model_path: str, dtype: str = "
         from .vllm import VLLMEngine
 
         lora = getattr(model, "peft_config", None)
-        if lora:
+        if lora:  # vLLM loads the base model; the adapter is hot-loaded by sync_weights
             kwargs.setdefault("enable_lora", True)
             kwargs.setdefault("max_lora_rank", max(c.r for c in lora.values()))
-        return VLLMEngine(model_path, dtype=dtype, seed=seed, **kwargs)
+            model_path = next(iter(lora.values())).base_model_name_or_path or model_path
+        return VLLMEngine(model_path, dtype=dtype, seed=seed, tokenizer=tokenizer, **kwargs)
     raise ValueError(f"unknown engine {name!r}; known engines: {ENGINES}")
