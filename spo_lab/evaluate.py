@@ -481,7 +481,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from .engines import build_engine
-    from .models import DEFAULT_MODEL_DIR, load_policy, resolve_device
+    from .models import DEFAULT_MODEL_DIR, is_adapter_folder, load_policy, resolve_device
     from .tasks import get_task
 
     model_path = str(args.model or DEFAULT_MODEL_DIR)
@@ -497,7 +497,7 @@ def main(argv=None) -> dict:
                     max_new_tokens=max_new, seed=args.seed, batch=args.batch)
     _run_settings(Path(args.out), settings, **sampling)  # fail before loading anything
     # vLLM loads a full checkpoint itself; a LoRA adapter folder needs the policy here to hot-load it
-    lora_folder = (Path(model_path) / "adapter_config.json").is_file()
+    lora_folder = is_adapter_folder(model_path)
     model, tok = (load_policy(model_path, dtype=args.dtype, device=device) if args.engine == "hf" or lora_folder
                   else (None, None))
     engine = build_engine(args.engine, model=model, tokenizer=tok, model_path=model_path, dtype=args.dtype,

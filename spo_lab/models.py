@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["DEFAULT_MODEL_DIR", "LoraSpec", "load_policy", "resolve_device", "resolve_dtype", "token_logprobs",
-           "is_lora", "base_model_path", "model_fingerprint"]
+           "is_lora", "is_adapter_folder", "base_model_path", "load_tokenizer", "model_fingerprint"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny-qwen3"
 """The bundled warm-started tiny Qwen3, written by ``scripts/build_tiny_model.py``."""
@@ -84,7 +84,7 @@ def load_policy(
     LoRA adapter (``adapter_config.json``, what a ``--lora-rank`` run writes to ``final_model/``) loads
     its base model with the adapter on top (trainable only when ``lora`` is given).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if path is None:
         path = DEFAULT_MODEL_DIR
@@ -97,15 +97,11 @@ def load_policy(
                                 f"such as 'Qwen/Qwen3-0.6B'{hint}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    adapter = Path(path_s).expanduser() / "adapter_config.json"
-    if adapter.is_file():  # a trained LoRA adapter (what a LoRA run saves): its base model plus the adapter
-        return _load_adapter(Path(path_s).expanduser(), adapter, dtype=dt, device=dev, trainable=lora is not None,
+    if is_adapter_folder(path_s):  # a trained LoRA adapter (what a LoRA run saves): its base model plus the adapter
+        return _load_adapter(Path(path_s).expanduser(), dtype=dt, device=dev, trainable=lora is not None,
                              gradient_checkpointing=gradient_checkpointing)
     model = AutoModelForCausalLM.from_pretrained(path_s, dtype=dt, use_safetensors=True, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(path_s, trust_remote_code=False)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:  # Qwen3 has one; some checkpoints only have <eos>
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(path_s)
     model.to(dev)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -121,23 +117,39 @@ def load_policy(
     return model.eval(), tokenizer
 
 
-def _load_adapter(folder: Path, config: Path, *, dtype, device, trainable: bool, gradient_checkpointing: bool):
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a checkpoint, padding on the left (batched generation), with a pad token.
+
+    Qwen3 has a pad token; for checkpoints with only ``<eos>``, ``<eos>`` pads (masked out everywhere).
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    """True for a folder holding a saved peft adapter (``adapter_config.json``), not a full checkpoint."""
+    return (Path(path).expanduser() / "adapter_config.json").is_file()
+
+
+def _load_adapter(folder: Path, *, dtype, device, trainable: bool, gradient_checkpointing: bool):
     """``(model, tokenizer)`` for a saved peft adapter: the base model named in adapter_config.json + the adapter."""
     import json
 
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
+    config = folder / "adapter_config.json"
     base_path = json.loads(config.read_text()).get("base_model_name_or_path")
     if not base_path:
         raise ValueError(f"{config} names no base_model_name_or_path: cannot load the adapter's base model")
     base, tokenizer = load_policy(base_path, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing)
     model = PeftModel.from_pretrained(base, str(folder), is_trainable=trainable)
     if (folder / "tokenizer_config.json").is_file():  # the trainer saves the tokenizer beside the adapter
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_tokenizer(folder)
     return model.eval(), tokenizer
 
 

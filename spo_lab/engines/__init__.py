@@ -35,12 +35,13 @@ def build_engine(name: str, *, model, tokenizer, model_path: str, dtype: str = "
     if name == "hf":
         return HFEngine(model, tokenizer)
     if name == "vllm":
+        from ..models import base_model_path
         from .vllm import VLLMEngine
 
         lora = getattr(model, "peft_config", None)
         if lora:  # vLLM loads the base model; the adapter is hot-loaded by sync_weights
             kwargs.setdefault("enable_lora", True)
             kwargs.setdefault("max_lora_rank", max(c.r for c in lora.values()))
-            model_path = next(iter(lora.values())).base_model_name_or_path or model_path
+            model_path = base_model_path(model, model_path)
         return VLLMEngine(model_path, dtype=dtype, seed=seed, tokenizer=tokenizer, **kwargs)
     raise ValueError(f"unknown engine {name!r}; known engines: {ENGINES}")

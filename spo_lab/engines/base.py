@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Rollouts", "RolloutEngine", "seeded"]
+__all__ = ["Rollouts", "RolloutEngine", "seeded", "encode_prompts"]
 
 
 @dataclass
@@ -76,6 +76,12 @@ class Rollouts:
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Rollouts(mv(self.prompt_ids), mv(self.prompt_mask), mv(self.response_ids), mv(self.response_mask),
                         mv(self.logprobs), list(self.texts), mv(self.truncated))
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    """Left-padded ``(ids, mask)`` of shape ``[len(prompts), P]``; no special tokens added (every engine)."""
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    return enc["input_ids"], enc["attention_mask"]
 
 
 @runtime_checkable

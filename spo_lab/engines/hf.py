@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig
 
-from .base import Rollouts
+from .base import Rollouts, encode_prompts
 
 __all__ = ["HFEngine"]
 
@@ -37,8 +37,7 @@ class HFEngine:
 
     def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         """Left-padded ``(ids, mask)`` of shape ``[len(prompts), P]``; no special tokens added."""
-        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        return enc["input_ids"], enc["attention_mask"]
+        return encode_prompts(self.tokenizer, prompts)
 
     @torch.no_grad()
     def generate(

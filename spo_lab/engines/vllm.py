@@ -70,8 +70,8 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides vl
         "`--engine hf` (spo_lab.engines.hf.HFEngine), needs neither."
     ) from e
 
-from ..models import is_lora, resolve_device, resolve_dtype
-from .base import Rollouts
+from ..models import is_lora, load_tokenizer, resolve_device, resolve_dtype
+from .base import Rollouts, encode_prompts
 
 __all__ = ["VLLMEngine"]
 
@@ -150,12 +150,7 @@ class VLLMEngine:
         self.on_cpu = current_platform.is_cpu()
         self.dtype = resolve_dtype(dtype, torch.device("cpu") if self.on_cpu else resolve_device("auto"))
         if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=False)
-            tokenizer.padding_side = "left"
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token
+            tokenizer = load_tokenizer(self.model_path)
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer needs a pad token and an eos token")
         if tokenizer.padding_side != "left":
@@ -205,9 +200,8 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------------------------------ generation
     def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """Left-padded ``(ids, mask)`` of shape ``[len(prompts), P]``; no special tokens added (as ``HFEngine``)."""
-        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        return enc["input_ids"], enc["attention_mask"]
+        """Left-padded ``(ids, mask)`` of shape ``[len(prompts), P]``; no special tokens added."""
+        return encode_prompts(self.tokenizer, prompts)
 
     def generate(
         self, prompts: list[str], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 8,
