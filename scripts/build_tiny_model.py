@@ -4,25 +4,27 @@
 
 writes
 
-    data/arith/train.jsonl, data/arith/test.jsonl   the RL prompt sets (2,000 + 500, disjoint)
+    data/arith/{train,validation,test}.jsonl        the RL prompt sets (5,000 / 500 / 500, disjoint)
     data/tiny-qwen3/                                 model + tokenizer in Hugging Face format
     data/tiny-qwen3/BUILD.md                         this command and the warm-start numbers
 
 What it does, and what it simplifies:
 
-1. Draws the train and held-out test prompts from ``spo_lab.tasks.arith.LEVEL_WEIGHTS``.
+1. Draws the train, validation and held-out test prompts from ``spo_lab.tasks.arith.LEVEL_WEIGHTS``
+   (levels 2-6): validation is for choosing settings (the learning-rate sweep), test for the final table.
 2. Builds the character tokenizer and a ~1 M-parameter ``Qwen3ForCausalLM`` (``spo_lab.tiny_model``).
 3. Warm start: supervised fine-tuning on ``prompt + answer + <eos>`` (cross-entropy on the answer
    and <eos> tokens only) on a fresh stream of levels 1-6 problems from the "warmup" half of the
    prompt space (``spo_lab.tasks.arith.prompt_pool``), so no train or test prompt is ever seen. The paper
    starts RL from an instruction-tuned Qwen3-8B; here SFT stands in for that, and it is *stopped
-   early on purpose* (``--sft-steps``): RL should start from partial competence. Levels 7-8 (five-
-   digit operands) are longer than anything in the warm start and stay hopeless for now.
+   early on purpose* (``--sft-steps``): RL should start from partial competence on every level of
+   the RL sets. (Levels 7-8, five-digit operands, are longer than anything in the warm start: p = 0,
+   which is why the RL sets leave them out.)
 4. Measures that start: greedy accuracy on the test prompts, and each train prompt's success rate
    p estimated from 16 samples at temperature 1.0 (sampled exactly as the trainer samples: left-
    padded batches, ``do_sample=True, temperature=1.0, top_k=0, top_p=1.0``). From p it reports
    GRPO's expected degenerate-group share at G = 8, mean over prompts of p^8 + (1 - p)^8
-   (SPO_SPEC Sec. 2; the paper reports ~60 % at the start of training).
+   (the SPO paper; the paper reports ~60 % at the start of training).
 
 Results are deterministic for a given seed and thread count (``--threads``, default 2) on one
 machine; another thread count or CPU can change floating-point summation order, and the warm start
@@ -56,7 +58,7 @@ from spo_lab.tasks.arith import (  # noqa: E402
 )
 from spo_lab.tiny_model import build_tiny_model, build_tokenizer, tiny_qwen3_config  # noqa: E402
 
-N_TRAIN, N_TEST = 2000, 500
+N_TRAIN, N_VALIDATION, N_TEST = 5000, 500, 500
 MAX_NEW_TOKENS = 8
 G = 8  # GRPO group size for the degenerate-share estimate
 # The warm start sees more short sums than the RL prompt sets do (a mild curriculum): the model
@@ -258,11 +260,13 @@ def main() -> None:
 
     # ---- data: fixed RL prompt sets, disjoint by construction --------------------------------
     train = generate_problems(N_TRAIN, seed=args.seed)
-    test = generate_problems(N_TEST, seed=args.seed + 1, exclude=[p.prompt for p in train])
+    validation = generate_problems(N_VALIDATION, seed=args.seed + 3, exclude=[p.prompt for p in train])
+    test = generate_problems(N_TEST, seed=args.seed + 1, exclude=[p.prompt for p in train + validation])
     data_dir, model_dir = args.out / "arith", args.out / "tiny-qwen3"
     data_dir.mkdir(parents=True, exist_ok=True)
     model_dir.mkdir(parents=True, exist_ok=True)
     save_problems(train, data_dir / "train.jsonl")
+    save_problems(validation, data_dir / "validation.jsonl")
     save_problems(test, data_dir / "test.jsonl")
 
     # ---- model and warm start ----------------------------------------------------------------

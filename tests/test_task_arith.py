@@ -178,9 +178,18 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_load_problems_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown split"):
-        load_problems("validation", tmp_path)
+        load_problems("valid", tmp_path)
     with pytest.raises(FileNotFoundError, match="build_tiny_model.py"):
         load_problems("test", tmp_path)
+
+
+@pytest.mark.parametrize("split, earlier", [("validation", "train"), ("test", "train"), ("test", "validation")])
+def test_a_prompt_shared_between_splits_is_an_error(tmp_path, split, earlier):
+    problems = generate_problems(20, seed=5)
+    save_problems(problems[:10], tmp_path / f"{earlier}.jsonl")
+    save_problems([*problems[10:], problems[3]], tmp_path / f"{split}.jsonl")
+    with pytest.raises(ValueError, match=rf"{split}.jsonl:11: .* also in {earlier}.jsonl"):
+        load_problems(split, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,20 +199,22 @@ def test_load_problems_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def splits():
-    return load_problems("train"), load_problems("test")
+    return {name: load_problems(name) for name in ("train", "validation", "test")}
 
 
 def test_bundled_splits_are_valid_and_disjoint(splits):
-    train, test = splits
-    assert len(train) == 2000 and len(test) == 500
-    for problem in train + test:
+    train, validation, test = splits["train"], splits["validation"], splits["test"]
+    assert (len(train), len(validation), len(test)) == (5000, 500, 500)
+    every = train + validation + test
+    for problem in every:
         assert problem.id == problem_id(problem.prompt)
         assert problem.answer == str(sum(problem.operands))
         assert problem.prompt == "+".join(map(str, problem.operands)) + "="
         assert prompt_pool(problem.prompt) == "rl"
-    assert len({p.id for p in train + test}) == 2500  # ids unique, within and across splits
-    assert not {p.prompt for p in train} & {p.prompt for p in test}
-    assert {p.level for p in train} == set(LEVELS)
+    assert len({p.id for p in every}) == 6000  # ids unique, within and across splits
+    # every split covers exactly the levels of LEVEL_WEIGHTS (2-6: all learnable from the warm start)
+    for problems in (train, validation, test):
+        assert {p.level for p in problems} == set(LEVEL_WEIGHTS) == {2, 3, 4, 5, 6}
 
 
 def test_bundled_files_have_the_documented_fields():

@@ -124,12 +124,13 @@ def test_bundled_checkpoint_loads_offline_with_the_auto_classes(monkeypatch):
 
 
 def test_bundled_model_answers_easy_prompts_greedily(policy):
-    # BUILD.md reports greedy accuracy 1.0 on the level-1 test prompts; check a slice of that claim
+    # BUILD.md reports greedy accuracy above 0.9 on the level-2 test prompts; check a slice of that claim
     model, tokenizer = policy
-    easy = [p for p in load_problems("test") if p.level == 1][:20]
+    easy = [p for p in load_problems("test") if p.level == 2][:20]
+    assert len(easy) == 20
     completions = greedy(model, tokenizer, [p.prompt for p in easy])
     assert all(parse_answer(c) is not None for c in completions)
-    assert sum(reward(c, p.answer) for c, p in zip(completions, easy)) >= 18
+    assert sum(reward(c, p.answer) for c, p in zip(completions, easy)) >= 16
 
 
 def test_batched_left_padded_generation_matches_one_by_one(policy):

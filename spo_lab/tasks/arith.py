@@ -1,6 +1,6 @@
 """The arithmetic task: multi-digit addition with graded difficulty and a binary reward.
 
-SPO (SPO_SPEC Sec. 1) needs a prompt set x, a policy that answers with one response y, and a
+SPO (the SPO paper) needs a prompt set x, a policy that answers with one response y, and a
 verifiable reward r(x, y) in {0, 1}. The paper trains on competition maths; here the "maths" is
 column addition written as plain text, small enough for a 1 M-parameter model on a laptop CPU:
 
@@ -22,11 +22,12 @@ for a small model that writes the answer most-significant digit first:
 
 Operands of d >= 2 digits are uniform over [10^(d-1), 10^d - 1] (no leading zeros); a one-digit
 operand is uniform over [0, 9]. The operand order is shuffled, so "5+47=" and "47+5=" both occur.
-``LEVEL_WEIGHTS`` is the mixture of the bundled RL prompt sets (``data/arith``). The bundled tiny
-model (:mod:`spo_lab.tiny_model`) was warm-started on levels 1-6 only and stopped early, so at the
-start of RL levels 1-2 are mostly solved, levels 3-6 are in between, and levels 7-8 -- longer than
-anything the warm start saw -- are hopeless for now. That puts GRPO's expected degenerate-group
-share near the paper's ~60 % (SPO_SPEC Sec. 2; measured numbers in ``data/tiny-qwen3/BUILD.md``).
+``LEVEL_WEIGHTS`` is the mixture of the bundled RL prompt sets (``data/arith``): levels 2-6, equally
+weighted. The bundled tiny model (:mod:`spo_lab.tiny_model`) was warm-started on levels 1-6 and stopped
+early, so every level of the RL sets is learnable from the start (0 < p for almost every prompt):
+level 2 is mostly solved and levels 3-6 are in between. Levels 7-8 -- longer than anything the warm
+start saw, p = 0 for every prompt -- exist for experiments but are left out of the bundled sets: they
+would add degenerate groups and no learning. Measured numbers are in ``data/tiny-qwen3/BUILD.md``.
 
 The prompt space is split in two halves by content hash (``prompt_pool``): RL train/test prompts
 come from the ``"rl"`` half, warm-start prompts from the ``"warmup"`` half, so they never overlap.
@@ -84,13 +85,14 @@ LEVELS: dict[int, tuple[int, ...]] = {
 }
 """Difficulty level -> number of digits of each operand."""
 
-LEVEL_WEIGHTS: dict[int, float] = {1: 0.15, 2: 0.15, 3: 0.15, 4: 0.15, 5: 0.10, 6: 0.05, 7: 0.10, 8: 0.15}
-"""Mixture of levels in the bundled train/test sets."""
+LEVEL_WEIGHTS: dict[int, float] = {2: 0.2, 3: 0.2, 4: 0.2, 5: 0.2, 6: 0.2}
+"""Mixture of levels in the bundled train / validation / test sets (levels 2-6, equal weights)."""
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data" / "arith"
-"""Where ``scripts/build_tiny_model.py`` writes ``train.jsonl`` and ``test.jsonl``."""
+"""Where ``scripts/build_tiny_model.py`` writes ``train.jsonl``, ``validation.jsonl`` and ``test.jsonl``."""
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
+"""The bundled splits: train for RL, validation for choosing settings, test for the final table only."""
 POOLS = ("rl", "warmup")
 
 # Longest integer parse_answer accepts; also keeps int() far below Python's 4300-digit limit.
@@ -243,15 +245,16 @@ def save_problems(problems: Iterable[Problem], path: str | Path) -> None:
 
 
 def load_problems(split: str, data_dir: str | Path | None = None) -> list[Problem]:
-    """Load ``train`` or ``test`` problems from ``<data_dir>/<split>.jsonl``, checking every line.
+    """Load ``train``, ``validation`` or ``test`` problems from ``<data_dir>/<split>.jsonl``, checking every line.
 
     ``data_dir`` defaults to ``DEFAULT_DATA_DIR`` (the repository's ``data/arith``). The order of
     the file is kept; the trainer addresses prompts by their position in this list.
 
     Each line must be a JSON object with exactly the fields of :class:`Problem`; its ``id`` must be
     ``problem_id(prompt)``, its prompt the operands joined by ``+`` and its answer their sum in
-    canonical form. A duplicate prompt, or (for the test split) a prompt also in ``train.jsonl`` of the
-    same folder, is an error. Every error names the file and the line.
+    canonical form. A duplicate prompt, or a prompt shared with an earlier split of the same folder
+    (validation with train; test with train or validation), is an error. Every error names the file
+    and the line.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -286,12 +289,14 @@ def load_problems(split: str, data_dir: str | Path | None = None) -> list[Proble
             if prompt in first_line:
                 raise ValueError(f"{where}: duplicate prompt {prompt!r} (first on line {first_line[prompt]})")
             first_line[prompt] = n
-    if split != "train" and (folder / "train.jsonl").is_file():
-        train_prompts = {p.prompt for p in load_problems("train", folder)}
+    for other in SPLITS[: SPLITS.index(split)]:  # held-out prompts must not be trained (or tuned) on
+        if not (folder / f"{other}.jsonl").is_file():
+            continue
+        other_prompts = {p.prompt for p in load_problems(other, folder)}
         for p in problems:
-            if p.prompt in train_prompts:
-                raise ValueError(f"{path}:{first_line[p.prompt]}: prompt {p.prompt!r} is also in train.jsonl "
-                                 "(held-out prompts must not be trained on)")
+            if p.prompt in other_prompts:
+                raise ValueError(f"{path}:{first_line[p.prompt]}: prompt {p.prompt!r} is also in {other}.jsonl "
+                                 f"(the splits must be disjoint)")
     return problems
 
 
@@ -354,7 +359,7 @@ class ArithTask:
     """Graded addition behind the task protocol (:mod:`spo_lab.tasks.base`).
 
     Args:
-        data: folder with ``train.jsonl`` / ``test.jsonl`` (default: the bundled ``data/arith``).
+        data: folder with ``train.jsonl`` / ``validation.jsonl`` / ``test.jsonl`` (default: the bundled ``data/arith``).
         tokenizer: accepted for the protocol's sake and unused: prompts are plain text, no template.
     """
 
