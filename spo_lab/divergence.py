@@ -1,7 +1,7 @@
 """How far has the policy moved since a prompt was last seen? The D(x) behind the tracker's rho.
 
 The tracker discounts old evidence by rho(x) = clip(2 ** (-D(x) / D_half), rho_min, rho_max)
-(SPO_SPEC Sec. 3.2). The paper defines D(x) as the KL divergence between the current policy and the
+(the SPO paper). The paper defines D(x) as the KL divergence between the current policy and the
 one that last updated x's entry; it needs the policy, so it lives here, not in the tracker.
 
 Both estimators are called once per step AFTER the policy update and BEFORE the tracker update,
@@ -19,8 +19,8 @@ The two estimators:
   sampled for it and that response's token log-probs under the policy right after the update of
   the step in which it was sampled. At the next visit the stored response is re-scored under the
   just-updated policy and D(x) = mean over its tokens of |log pi_stored - log pi_now|. First visit:
-  D = 0 (rho = rho_max). Cost: a forward pass over 2B responses per step (the stored ones and the
-  new ones) and O(P * T) stored tokens.
+  D = 0 (rho = rho_max). Cost: one forward pass per step over up to 2B responses (the stored ones of
+  prompts seen before, and the new ones) and O(P * T) stored tokens.
 - :class:`KLClock` -- a CHEAPER estimator, not the official one. A global clock advances every step
   by the mean |log pi_before - log pi_after| of that step's own responses across the update; D(x)
   is the clock's advance since x's last visit. Cost: a forward pass over B responses per step and
@@ -79,18 +79,21 @@ class ResponseCache:
             ``[R]`` float64 divergences (0 for prompts seen for the first time).
         """
         ids = torch.as_tensor(ids, dtype=torch.long)
-        r = len(rollouts)
-        old = self.has[ids]
-        # One forward pass scores both the stored responses (re-scored) and the new ones.
-        p_ids = torch.cat([self._fit(self.prompt_ids[ids], rollouts.prompt_ids), rollouts.prompt_ids])
-        p_mask = torch.cat([self._fit(self.prompt_mask[ids], rollouts.prompt_mask, 0), rollouts.prompt_mask])
+        old_rows = self.has[ids].nonzero().squeeze(1)  # prompts seen before; a first visit has D = 0
+        seen = ids[old_rows]
+        # One forward pass scores both the stored responses of the rows that have one (re-scored) and
+        # all the new ones (their log-probs right after the update, stored for the next visit).
+        p_ids = torch.cat([self._fit(self.prompt_ids[seen], rollouts.prompt_ids), rollouts.prompt_ids])
+        p_mask = torch.cat([self._fit(self.prompt_mask[seen], rollouts.prompt_mask, 0), rollouts.prompt_mask])
         t = max(self.response_ids.shape[1], rollouts.response_ids.shape[1])
-        r_ids = torch.cat([_pad_right(self.response_ids[ids], t, self.pad_id), _pad_right(rollouts.response_ids, t, self.pad_id)])
-        r_mask = torch.cat([_pad_right(self.response_mask[ids], t, 0), _pad_right(rollouts.response_mask, t, 0)])
+        r_ids = torch.cat([_pad_right(self.response_ids[seen], t, self.pad_id),
+                           _pad_right(rollouts.response_ids, t, self.pad_id)])
+        r_mask = torch.cat([_pad_right(self.response_mask[seen], t, 0), _pad_right(rollouts.response_mask, t, 0)])
         logp = score(p_ids, p_mask, r_ids, r_mask).float().cpu()
-        stored_now, new_now = logp[:r], logp[r:]
-        d = mean_abs_logp_diff(_pad_right(self.logprobs[ids], t, 0.0), stored_now, r_mask[:r])
-        d = torch.where(old, d, torch.zeros_like(d)).double()
+        k = len(seen)
+        stored_now, new_now = logp[:k], logp[k:]
+        d = torch.zeros(len(ids), dtype=torch.float64)
+        d[old_rows] = mean_abs_logp_diff(_pad_right(self.logprobs[seen], t, 0.0), stored_now, r_mask[:k]).double()
         self._store(ids, rollouts, new_now)
         return d
 

@@ -5,7 +5,7 @@ Entry points:
 
 - :func:`accuracy` -- what the trainer logs every ``eval_every`` steps: greedy and one-sample accuracy
   on held-out problems, overall and per metadata group (the task's ``group_key``, e.g. level).
-- :func:`sample_answers` + :func:`pass_and_maj_curves` -- the paper's protocol (SPO_SPEC Sec. 4, 6):
+- :func:`sample_answers` + :func:`pass_and_maj_curves` -- the paper's protocol (the SPO paper):
   n samples per problem at temperature 0.6, top_p 0.95, top_k 20, then maj@k, avg@n and unbiased
   pass@k curves.
 
@@ -62,30 +62,35 @@ PAPER_MAJ32 = {
     "beyondaime": {"grpo": 45.6, "spo": 46.9}, "brumo25": {"grpo": 56.7, "spo": 64.0},
     "hmmt25": {"grpo": 44.2, "spo": 47.5}, "average": {"grpo": 60.4, "spo": 63.8},
 }
-"""The paper's maj@32 (percent) of Qwen3-8B trained with GRPO and with SPO (SPO_SPEC Sec. 5): THEIR model's
+"""The paper's maj@32 (percent) of Qwen3-8B trained with GRPO and with SPO (the SPO paper): THEIR model's
 result, set beside ours for scale, never a target for a different model."""
 
 PAPER_AVG32_MEAN = {"grpo": 55.7, "spo": 56.0}
-"""The paper's avg@32 (percent), averaged over the five benchmarks, Qwen3-8B (SPO_SPEC Sec. 5)."""
+"""The paper's avg@32 (percent), averaged over the five benchmarks, Qwen3-8B (the SPO paper)."""
 
 PAPER_LABEL = "paper's Qwen3-8B result"
 
 
 @torch.no_grad()
 def accuracy(engine, task, problems, *, temperature: float, max_new_tokens: int, seed: int, device=None,
-             prefix: str = "eval") -> dict[str, float]:
-    """Greedy and one-sample (at ``temperature``) accuracy over ``problems``, overall and per group.
+             prefix: str = "eval", samples: int = 1) -> dict[str, float]:
+    """Greedy accuracy and avg@``samples`` (at ``temperature``) over ``problems``, overall and per group.
 
-    Keys: ``{prefix}/greedy_acc``, ``{prefix}/sampled_acc``, and ``{prefix}/greedy_acc/{key}={value}``
-    (likewise sampled) for each value of the task's ``group_key`` metadata, when it has one.
+    avg@k is the mean reward over k samples per problem, then over problems: an unbiased estimate of
+    the expected one-sample accuracy, with less noise than one sample. Keys: ``{prefix}/greedy_acc``,
+    ``{prefix}/sampled_acc`` (the avg@k), and ``{prefix}/greedy_acc/{key}={value}`` (likewise sampled)
+    for each value of the task's ``group_key`` metadata, when it has one.
     """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
     prompts = [p.prompt for p in problems]
     key = getattr(task, "group_key", None)
     out: dict[str, float] = {}
     with seeded(seed, device):
-        for name, greedy in (("greedy", True), ("sampled", False)):
-            r = engine.generate(prompts, 1, temperature=temperature, max_new_tokens=max_new_tokens, greedy=greedy)
-            scores = torch.tensor(task.score(r.texts, problems), dtype=torch.float64)
+        for name, greedy, n in (("greedy", True, 1), ("sampled", False, samples)):
+            r = engine.generate(prompts, n, temperature=temperature, max_new_tokens=max_new_tokens, greedy=greedy)
+            rows = [p for p in problems for _ in range(n)]  # engine rows: each problem's n responses in a row
+            scores = torch.tensor(task.score(r.texts, rows), dtype=torch.float64).view(len(problems), n).mean(1)
             out[f"{prefix}/{name}_acc"] = float(scores.mean())
             if key:
                 groups: dict = defaultdict(list)
@@ -244,7 +249,7 @@ def summarize(samples_path, *, benchmarks=None, resamples: int = 2000, seed: int
             avg[m] = {"value": float(np.mean([out["benchmarks"][b]["metrics"][m]["value"] for b in names])),
                       "lo": float(lo), "hi": float(hi)}
         out["average"] = {"benchmarks": names, "metrics": avg}
-    out["paper"] = {"label": f"{PAPER_LABEL} (SPO_SPEC Sec. 5), not this model's",
+    out["paper"] = {"label": f"{PAPER_LABEL} (the SPO paper), not this model's",
                     "maj@32": {b: {m: v / 100 for m, v in d.items()} for b, d in PAPER_MAJ32.items()},
                     "avg@32_mean_over_benchmarks": {m: v / 100 for m, v in PAPER_AVG32_MEAN.items()}}
     return out
@@ -268,7 +273,7 @@ def summary_markdown(summary: dict) -> str:
     s = summary["settings"]
     rows = {**summary["benchmarks"], **({"average": summary["average"]} if "average" in summary else {})}
     any_ref = any(_paper_ref(summary, b) for b in rows)
-    note = (f" The last two columns are the **{PAPER_LABEL}** (maj@32, SPO_SPEC Sec. 5), another model trained "
+    note = (f" The last two columns are the **{PAPER_LABEL}** (maj@32, the SPO paper), another model trained "
             "for the paper, set beside ours for scale only." + (f" Here n = {s['n']}: our maj@{s['n']} is not a "
                                                                 "maj@32." if s.get("n", 32) != 32 else ""))
     lines = [f"# Evaluation of `{s.get('model', '?')}`", "",
@@ -451,7 +456,7 @@ def _benchmark_paths(names, bdir, pairs) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description="Sampled benchmark evaluation (SPO_SPEC Sec. 4-6): maj@k, avg@n, "
+    p = argparse.ArgumentParser(description="Sampled benchmark evaluation (the SPO paper): maj@k, avg@n, "
                                 "pass@k with bootstrap intervals, beside the paper's Qwen3-8B numbers.")
     a = p.add_argument
     a("--model", default=None, help="model folder or hub id (default: the bundled tiny Qwen3)")

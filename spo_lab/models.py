@@ -179,7 +179,7 @@ def token_logprobs(
     input_ids = torch.cat([prompt_ids, response_ids], dim=1).to(dev)
     attn = torch.cat([prompt_mask, response_mask], dim=1).to(dev)
     position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids).logits
+    logits = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, use_cache=False).logits
     p = prompt_ids.shape[1]
     logits = logits[:, p - 1 : -1].float() / temperature  # position t predicts token t + 1
     logp = torch.log_softmax(logits, dim=-1).gather(-1, response_ids.to(dev).unsqueeze(-1)).squeeze(-1)

@@ -1,4 +1,4 @@
-"""The offline pass that initialises SPO's value tracker (SPO_SPEC Sec. 3.3): cached, sharded, and in the
+"""The offline pass that initialises SPO's value tracker (the SPO paper): cached, sharded, and in the
 official recipe's file format.
 
 Before training, n0 responses per training prompt are drawn from the initial policy and scored;
@@ -40,6 +40,7 @@ import logging
 import math
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,12 +84,17 @@ def _atomic_save(obj, path: Path) -> None:
 
 def offline_counts(engine, task, problems, *, n0: int, temperature: float, max_new_tokens: int, seed: int,
                    model_key: str, cache_dir: str | Path | None = None, batch: int = 512, device=None,
-                   progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   progress: bool = False, on_chunk=None, info: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(successes, trials)``, float64 ``[P]``: k successes out of n0 samples per problem (Sec. 3.3).
 
     The pass samples on its own seeded RNG (:func:`spo_lab.engines.base.seeded`), so a run that reads
     the cache and one that computes it continue with the same random stream. With ``cache_dir`` the
-    counts are stored there as ``offline-<key>.pt`` (written atomically; parallel runs may race).
+    counts are stored there as ``offline-<key>.pt`` (written atomically; parallel runs may race),
+    together with the seconds the pass took, so a run that reads the cache can still count its cost.
+
+    ``on_chunk(n)`` is called after each generation chunk with the number of prompts it covered (a
+    progress hook). ``info``, when given, is filled with ``seconds`` (the pass's wall time when it was
+    computed) and ``cached`` (whether this call read it from the cache).
     """
     if n0 < 1:
         raise ValueError(f"n0 must be >= 1, got {n0}")
@@ -98,20 +104,30 @@ def offline_counts(engine, task, problems, *, n0: int, temperature: float, max_n
                                 temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
         path = Path(cache_dir) / f"offline-{key}.pt"
         if path.exists():
-            succ, trials = torch.load(path, weights_only=True)
+            blob = torch.load(path, weights_only=True)
+            succ, trials, seconds = (blob["succ"], blob["trials"], blob["seconds"]) if isinstance(blob, dict) \
+                else (*blob, float("nan"))  # a cache file from before the time was stored
+            if info is not None:
+                info.update(seconds=float(seconds), cached=True)
             if succ.shape != (len(problems),):
                 raise ValueError(f"offline cache {path} holds {succ.shape[0]} prompts, expected {len(problems)}; "
                                  "delete it")
             return succ, trials
+    t0 = time.perf_counter()
     succ = torch.zeros(len(problems), dtype=torch.float64)
     per = max(1, batch // n0)
     with seeded(seed + 10_000, device):
         for s in tqdm(range(0, len(problems), per), desc="offline init", disable=not progress, leave=False):
             chunk = problems[s : s + per]
             succ[s : s + len(chunk)] = _score_chunk(engine, task, chunk, n0, temperature, max_new_tokens, {}).sum(1)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
     trials = torch.full_like(succ, float(n0))
+    seconds = time.perf_counter() - t0
+    if info is not None:
+        info.update(seconds=seconds, cached=False)
     if path is not None:
-        _atomic_save((succ, trials), path)
+        _atomic_save({"succ": succ, "trials": trials, "seconds": seconds}, path)
     return succ, trials
 
 

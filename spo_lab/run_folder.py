@@ -38,10 +38,10 @@ import torch
 __all__ = ["RunFolder", "RunFolderError", "config_changes", "RESUME_MAY_CHANGE", "failpoint"]
 
 RESUME_MAY_CHANGE = frozenset({"steps", "out", "resume", "overwrite", "progress", "save_every", "save_model",
-                               "eval_every", "cache_dir"})
+                               "eval_every", "cache_dir", "keep_checkpoints"})
 """Config fields a resumed run may change: they extend the run or change when it logs, not its numbers."""
 
-RESULTS = ("metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "final_model", "config.json")
+RESULTS = ("metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "final_model", "config.json", "FINISHED")
 
 
 class RunFolderError(RuntimeError):
@@ -191,6 +191,20 @@ class RunFolder:
         if latest.exists():
             os.replace(latest, prev)
         os.replace(tmp, latest)
+
+    def remove_checkpoints(self, step: int) -> None:
+        """Delete checkpoint.pt and checkpoint.prev.pt of a run finished at ``step``, leaving a FINISHED
+        marker so that a later --resume is refused instead of silently starting the run again."""
+        _atomic_write_text(self.path / "FINISHED", f"finished at step {step}; checkpoints removed\n")
+        for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+            (self.path / name).unlink(missing_ok=True)
+
+    def check_extendable(self) -> None:
+        """RunFolderError if the run here finished and its checkpoints were removed (nothing to resume from)."""
+        marker = self.path / "FINISHED"
+        if marker.exists() and not (self.path / "checkpoint.pt").exists():
+            raise RunFolderError(f"{self.path}: the run {marker.read_text().strip()} (--no-keep-checkpoints), so it "
+                                 "cannot be resumed or extended; use --overwrite to run it again")
 
     def load_checkpoint(self) -> dict | None:
         """The latest loadable checkpoint, or None if there is none; a corrupt latest falls back to the previous."""

@@ -26,8 +26,8 @@ CPU in minutes; the same loop takes a real checkpoint path, a GPU and vLLM.
     python -m spo_lab.train --help          # every option, with its one-line description
 
 Outputs in ``--out``: ``config.json``, ``metrics.jsonl`` (one JSON object per step, loadable with
-``pandas.read_json(path, lines=True)``), ``checkpoint.pt`` (resume with ``--resume``) and the final
-policy in ``final_model/``.
+``pandas.read_json(path, lines=True)``), ``checkpoint.pt`` (resume with ``--resume``; removed at the
+end with ``--no-keep-checkpoints``) and the final policy in ``final_model/``.
 """
 
 from __future__ import annotations
@@ -150,6 +150,8 @@ class Config:
     """initialise the tracker from n0 samples per prompt of the initial policy"""
     n0: int = 8
     """offline samples per prompt (official 8)"""
+    offline_seed: int = -1
+    """seed of the offline pass (-1 = --seed; one fixed value lets runs of several seeds share one cached pass)"""
     offline_values: str = ""
     """official-format offline values ({prompt text: [scores]}) to use instead of the pass ('' = run it)"""
     init_mode: str = "jeffreys"
@@ -167,6 +169,8 @@ class Config:
     """held-out evaluation every k steps (and at steps 0 and the last)"""
     eval_max_prompts: int = 0
     """evaluate on the first k held-out prompts (0 = all)"""
+    eval_samples: int = 1
+    """samples per held-out prompt at --temperature: eval/sampled_acc is their mean (avg@k); greedy is one"""
     save_every: int = 50
     """checkpoint every k steps (0 = only at the end)"""
     resume: bool = False
@@ -177,6 +181,8 @@ class Config:
     """where the offline-init counts are cached and reused"""
     save_model: bool = True
     """write the final policy to out/final_model"""
+    keep_checkpoints: bool = True
+    """keep checkpoint.pt once the run has finished (what --resume needs to extend it with more --steps)"""
     progress: bool = True
     """show a tqdm progress bar"""
 
@@ -200,11 +206,13 @@ class Config:
         one_of("init_mode", ("jeffreys", "paper"))
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             bad("device", "must be auto, cpu, cuda or cuda:N")
+        if self.offline_seed < -1:
+            bad("offline_seed", "must be >= 0, or -1 for --seed")
         for name in ("steps", "eval_max_prompts", "save_every", "lora_rank"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         for name in ("responses_per_step", "group_size", "max_new_tokens", "mini_batches", "n0", "eval_every",
-                     "num_threads", "lora_alpha"):
+                     "num_threads", "lora_alpha", "eval_samples"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
         for name in ("temperature", "lr", "max_grad_norm", "d_half", "priority_eps"):
@@ -302,24 +310,28 @@ def _trainable(model) -> list[torch.nn.Parameter]:
 
 
 # ====================================================================== the training loop
-def train(cfg: Config, *, task=None, engine=None) -> Path:
+def train(cfg: Config, *, task=None, engine=None, on_step=None, on_offline_chunk=None) -> Path:
     """Run ``cfg.steps`` steps; returns the output folder. See the module docstring.
 
     ``task`` and ``engine`` replace the ones ``cfg.task`` / ``cfg.engine`` name: any objects that
     follow the protocols of :mod:`spo_lab.tasks.base` and :mod:`spo_lab.engines.base`.
+    ``on_step(row)`` is called with each step's metrics row once it is written, and
+    ``on_offline_chunk(n)`` after each chunk of n prompts of the offline pass (progress hooks).
     """
     cfg.validate()
     folder = RunFolder(cfg.out)  # one run per folder, see spo_lab.run_folder
     with folder:
-        return _train(cfg, folder, task, engine)
+        return _train(cfg, folder, task, engine, on_step, on_offline_chunk)
 
 
-def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
+def _train(cfg: Config, folder: RunFolder, task, engine, on_step=None, on_offline_chunk=None) -> Path:
     torch.set_num_threads(cfg.num_threads)
     if not cfg.progress:  # also silence transformers' own loading / saving bars
         hf_logging.disable_progress_bar()
     out = folder.path
     settings = dataclasses.asdict(cfg)
+    if cfg.resume:
+        folder.check_extendable()
     ck = folder.load_checkpoint() if cfg.resume else None
     if cfg.resume and (ck is not None or (out / "config.json").exists()):
         folder.check_resume(settings)  # before anything is written: a refused resume changes nothing
@@ -358,7 +370,7 @@ def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
         group_vals = torch.tensor([p.meta[key] for p in train_set], dtype=torch.float64)
 
     spo = divergence = None
-    offline_responses = 0
+    offline_responses, offline_info = 0, {}
     if cfg.algo == "spo":
         spo = SPO(P, cfg.prompts_per_step, rho_min=cfg.rho_min, rho_max=cfg.rho_max, d_half=cfg.d_half,
                   baseline=cfg.baseline, prioritized=cfg.sampling == "prioritized", eps=cfg.priority_eps,
@@ -369,9 +381,10 @@ def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
             offline_responses = int(trials.sum())  # generated elsewhere, still part of the cost
         elif cfg.offline_init:
             succ, trials = offline_counts(engine, task, train_set, n0=cfg.n0, temperature=cfg.temperature,
-                                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, device=device,
+                                          max_new_tokens=cfg.max_new_tokens, device=device,
+                                          seed=cfg.seed if cfg.offline_seed < 0 else cfg.offline_seed,
                                           model_key=model_fingerprint(model), cache_dir=cfg.cache_dir,
-                                          progress=cfg.progress)
+                                          progress=cfg.progress, on_chunk=on_offline_chunk, info=offline_info)
             spo.init_from_counts(succ, trials, mode=cfg.init_mode)
             offline_responses = cfg.n0 * P
         if cfg.rho_mode == "kl":
@@ -402,7 +415,7 @@ def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
 
     def evaluate(step: int) -> dict:  # on its own seeded RNG: evaluating never changes the run
         return accuracy(engine, task, test_set, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                        seed=cfg.seed * 1_000_003 + step, device=device)
+                        seed=cfg.seed * 1_000_003 + step, device=device, samples=cfg.eval_samples)
 
     def save_checkpoint(step: int) -> None:  # tensors and plain values only: loadable with weights_only=True
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_states(gen, device),
@@ -414,8 +427,15 @@ def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
 
     bar = tqdm(range(start, cfg.steps), desc=f"{cfg.algo} s{cfg.seed}", disable=not cfg.progress,
                initial=start, total=cfg.steps)
-    if start == 0:  # the starting point of every learning curve
-        folder.append(log, {"step": 0, "responses": 0, "responses_incl_init": offline_responses, **evaluate(0)})
+    if start == 0:  # the starting point of every learning curve; the offline pass's cost is counted here
+        t0 = time.perf_counter()
+        row = {"step": 0, "responses": 0, "responses_incl_init": offline_responses, **evaluate(0)}
+        row["time/eval"] = time.perf_counter() - t0
+        if "seconds" in offline_info:  # its wall time when it was computed, also when read from the cache
+            row["time/offline_init"] = offline_info["seconds"]
+        folder.append(log, row)
+        if on_step is not None:
+            on_step(row)
     for step in bar:
         m: dict = {"step": step + 1}
         t0 = time.perf_counter()
@@ -488,7 +508,11 @@ def _train(cfg: Config, folder: RunFolder, task, engine) -> Path:
         folder.append(log, m)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
             save_checkpoint(step + 1)
+        if on_step is not None:
+            on_step(m)
     log.close()
+    if not cfg.keep_checkpoints:  # a finished run: its metrics and final model are the results
+        folder.remove_checkpoints(cfg.steps)
     if cfg.save_model:
         model.save_pretrained(out / "final_model")
         tokenizer.save_pretrained(out / "final_model")

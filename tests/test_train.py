@@ -163,3 +163,62 @@ def test_a_lora_run_trains_the_adapter_only_and_its_final_model_loads_back(toy, 
         if "lora_" not in n:
             key = n.replace("base_model.model.", "").replace(".base_layer", "")
             assert torch.equal(p, base_sd[key]), n
+
+
+def test_divergence_of_a_batch_mixing_first_and_repeat_visits(toy):
+    model, tok = load_policy(toy / "model")
+    engine = HFEngine(model, tok)
+    torch.manual_seed(1)
+    cache = ResponseCache(6, 8, 6, tok.pad_token_id)
+
+    def score(*batch):
+        return token_logprobs(model, *batch)
+
+    cache.divergence(score, torch.tensor([0, 1]), engine.generate(["1+2=", "34+56="], 1, max_new_tokens=6))
+    stored = {k: v[[0]].clone() for k, v in cache.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    d = cache.divergence(score, torch.tensor([4, 0]), engine.generate(["7+8=", "1+2="], 1, max_new_tokens=6))
+    assert d[0] == 0  # prompt 4: first visit
+    with torch.no_grad():  # prompt 0: its stored response re-scored under the moved policy
+        now = token_logprobs(model, stored["prompt_ids"], stored["prompt_mask"], stored["response_ids"],
+                             stored["response_mask"])
+    m = stored["response_mask"].double()
+    expected = ((stored["logprobs"].double() - now.double()).abs() * m).sum() / m.sum()
+    assert d[1] > 1e-3 and abs(float(d[1]) - float(expected)) < 1e-6
+    assert cache.has[[0, 1, 4]].all() and not cache.has[[2, 3, 5]].any()
+
+
+def test_a_finished_run_can_drop_its_checkpoints_and_then_refuses_to_resume(toy, tmp_path):
+    from spo_lab.run_folder import RunFolderError
+
+    out = train(small_cfg(toy, tmp_path / "f", steps=2, save_every=1, keep_checkpoints=False))
+    assert not (out / "checkpoint.pt").exists() and not (out / "checkpoint.prev.pt").exists()
+    assert (out / "FINISHED").read_text().startswith("finished at step 2")
+    with pytest.raises(RunFolderError, match="cannot be resumed or extended"):
+        train(small_cfg(toy, tmp_path / "f", steps=4, resume=True))
+    assert read_metrics(out).step.max() == 2  # nothing was lost or restarted
+    again = train(small_cfg(toy, tmp_path / "f", steps=1, overwrite=True))  # --overwrite starts afresh
+    assert read_metrics(again).step.max() == 1 and (again / "checkpoint.pt").exists()
+    assert not (again / "FINISHED").exists()
+
+
+def test_avg_at_k_evaluation_progress_hooks_and_offline_cost(toy, tmp_path):
+    rows, chunks = [], []
+    out = train(small_cfg(toy, tmp_path / "k", steps=2, eval_samples=3), on_step=rows.append,
+                on_offline_chunk=chunks.append)
+    df = read_metrics(out)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert sum(chunks) == 120  # every training prompt of the offline pass
+    ev = df.dropna(subset=["eval/sampled_acc"])
+    n_test = 30
+    for v in ev["eval/sampled_acc"]:  # a mean over 3 samples of each of the 30 prompts
+        assert abs(v * 3 * n_test - round(v * 3 * n_test)) < 1e-9
+    assert {"eval/sampled_acc/level=1", "eval/sampled_acc/level=2"} <= set(df.columns)
+    assert df.loc[0, "time/offline_init"] > 0 and df.loc[0, "time/eval"] > 0
+    # a second run reads the pass from the cache, and still reports what it cost
+    again = train(small_cfg(toy, tmp_path / "k2", steps=1, eval_samples=3))
+    assert read_metrics(again).loc[0, "time/offline_init"] == df.loc[0, "time/offline_init"]
+    with pytest.raises(ValueError, match="--eval-samples must be >= 1"):
+        Config(eval_samples=0).validate()
