@@ -1,10 +1,16 @@
 # Shortcuts; each target is exactly a command from the README.
-.PHONY: demo quick test notebooks bench
+.PHONY: demo quick sweep readme test notebooks bench
 
-demo:      ## the main job: SPO vs GRPO (+ ablations), 3 seeds, <= 15 min on 2 CPU cores
+demo:      ## the main job: SPO vs GRPO, each at its tuned lr, 3 seeds, <= 15 min on 2 CPU cores
 	python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python -m spo_lab.experiment
 
-quick:     ## 1-2 minute smoke version of the main job
+sweep:     ## the learning-rate sweep behind the main job's settings (validation split)
+	.venv/bin/python -m spo_lab.experiment --sweep
+
+readme:    ## rewrite the README's result tables from results/tiny*/summary.json
+	.venv/bin/python -m spo_lab.experiment --readme
+
+quick:     ## smoke version of the main job
 	python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python -m spo_lab.experiment --quick
 
 test:      ## unit tests + every notebook under nbval (ci profile)
