@@ -8,7 +8,7 @@ SPO (paper Sec. 3.4):
                                        baseline does not depend on y_i and the gradient stays unbiased;
     A~_i = (A_i - mean_B A) / (std_B A + eps)     over the whole batch, unbiased std (B - 1).
 
-GRPO and its variants (SPO_SPEC Sec. 2), rewards laid out as consecutive groups of G:
+GRPO and its variants (the SPO paper), rewards laid out as consecutive groups of G:
     GRPO      A_i = (r_i - mean_g r) / (std_g r + eps)
     Dr. GRPO  A_i =  r_i - mean_g r                    (scale="none")
     batch     A_i = (r_i - mean_g r) / (std_B r + eps)  (TRL's scale_rewards="batch")

@@ -1,4 +1,4 @@
-"""Evaluation and diagnosis metrics: pass@k, maj@k, degenerate groups (SPO_SPEC Sec. 2 and 6).
+"""Evaluation and diagnosis metrics: pass@k, maj@k, degenerate groups (the SPO paper).
 
 pass@k, the unbiased estimator (Chen et al. 2021) from n samples of which c are correct:
 

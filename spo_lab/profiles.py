@@ -342,7 +342,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
               "costs 16 B/param (27 GiB for 1.7B) and makes vLLM run fp32 too (slower; spo_lab has one dtype "
               "for both). 2 responses per forward."),
     Profile(
-        "paper", "the official SPO run (SPO_SPEC 4): Qwen3-8B full fine-tuning, 1024 x 1 responses of <= 8192",
+        "paper", "the official SPO run (the SPO paper): Qwen3-8B full fine-tuning, 1024 x 1 responses of <= 8192",
         dict(_MATH, model="Qwen/Qwen3-8B", dtype="bfloat16", lora_rank=0, gradient_checkpointing=True,
              responses_per_step=1024, group_size=8, max_new_tokens=8192, lr=1e-6, mini_batches=8,
              weight_decay=0.01, n0=8, steps=300, out="runs/paper-spo"),

@@ -1,4 +1,4 @@
-"""SPO's state across steps, in one object any loop can drive (SPO_SPEC Sec. 3).
+"""SPO's state across steps, in one object any loop can drive (the SPO paper).
 
 The trainer (:mod:`spo_lab.train`) uses it, and so can anything else that produces rewards for
 prompt ids -- an asynchronous collector, a multi-GPU launcher, an adapter for another trainer:

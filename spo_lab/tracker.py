@@ -35,7 +35,7 @@ from torch import Tensor
 
 __all__ = ["rho_from_kl", "ValueTracker"]
 
-# Official constants of the authors' recipe (SPO_SPEC Sec. 3.2).
+# Official constants of the authors' recipe (the SPO paper).
 D_HALF = 0.06
 RHO_MIN = 0.875
 RHO_MAX = 0.96

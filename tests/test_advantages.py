@@ -1,6 +1,6 @@
 """Tests for spo_lab.advantages: SPO global normalisation and the GRPO / Dr.GRPO / RLOO baselines.
 
-Reference: SPO_SPEC.md sections 2 and 3.4.
+Reference: the SPO paper (arXiv 2509.13232).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Tests for spo_lab.loss.policy_loss: PPO clip-higher + dual-clip surrogate and its aggregations.
 
-Reference: SPO_SPEC.md section 3.5. Hand-computed values, autograd gradients per token class
+Reference: the SPO paper (arXiv 2509.13232). Hand-computed values, autograd gradients per token class
 (unclipped / clipped / dual-clipped / masked), and a slow per-token reference implementation.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tests for spo_lab.metrics: unbiased pass@k, maj@k, and GRPO degenerate-group measures.
 
-Reference: SPO_SPEC.md sections 2 and 6.
+Reference: the SPO paper (arXiv 2509.13232).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Tests for spo_lab.sampler: priority weights and the prioritised without-replacement sampler.
 
-Reference: SPO_SPEC.md section 3.6. The statistical tests use fixed seeds (so they are deterministic)
+Reference: the SPO paper (arXiv 2509.13232). The statistical tests use fixed seeds (so they are deterministic)
 and loose thresholds (about 1e-4 false-alarm level each), so any correct implementation passes.
 """
 from __future__ import annotations

@@ -36,7 +36,7 @@ def test_nb02_equal_group_has_zero_advantage():
     [(0.5, 8, 0.0078), (0.1, 8, 0.4305), (0.9, 8, 0.4305), (0.05, 8, 0.6634), (0.05, 16, 0.4401), (0.5, 2, 0.5)],
 )
 def test_nb02_degenerate_probability_table(p, g, expected):
-    """SPO_SPEC Sec. 2: G = 8 -> 0.8 % at p = 0.5, 43 % at 0.1 or 0.9, 66 % at 0.05."""
+    """the SPO paper: G = 8 -> 0.8 % at p = 0.5, 43 % at 0.1 or 0.9, 66 % at 0.05."""
     assert round(degenerate_probability(p, g), 4) == expected
 
 

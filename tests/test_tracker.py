@@ -1,6 +1,6 @@
 """Tests for spo_lab.tracker: the per-prompt Beta value tracker and the KL-adaptive discount.
 
-Reference: SPO_SPEC.md sections 3.1 - 3.3.
+Reference: the SPO paper (arXiv 2509.13232).
 """
 from __future__ import annotations
 

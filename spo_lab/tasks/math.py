@@ -1,6 +1,6 @@
 """The competition-maths task of the paper: DAPO-Math-17k to train, five AIME-style benchmarks to test.
 
-SPO_SPEC Sec. 4: the official run trains Qwen3-8B on ``open-r1/DAPO-Math-17k-Processed`` (config
+the SPO paper: the official run trains Qwen3-8B on ``open-r1/DAPO-Math-17k-Processed`` (config
 ``en``, ~14.1k prompts), the answer in ``\\boxed{}`` and a binary reward, and reports maj@32 on
 AIME 24 (``Maxwell-Jia/AIME_2024``), AIME 25 (``yentinglin/aime_2025``), BeyondAIME
 (``ByteDance-Seed/BeyondAIME``), BRUMO 25 (``MathArena/brumo_2025``) and HMMT 25
@@ -73,7 +73,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     "brumo25": BenchmarkSpec("MathArena/brumo_2025", "train", "problem", "answer", "problem_idx"),
     "hmmt25": BenchmarkSpec("MathArena/hmmt_feb_2025", "train", "problem", "answer", "problem_idx"),
 }
-"""The paper's five test sets (SPO_SPEC Sec. 4): name -> hub id, split and the columns used."""
+"""The paper's five test sets: name -> hub id, split and the columns used."""
 
 DAPO_PREFIX = ("Solve the following math problem step by step. The last line of your response should be of "
                "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.")

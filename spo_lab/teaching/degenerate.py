@@ -61,11 +61,13 @@ def drifting_population(
 
     where P_deg(p, G) = p^G + (1 - p)^G (:func:`~spo_lab.metrics.degenerate_probability`) with
     G = ``train_group_size``. A prompt improves only in proportion to the chance that its group of
-    G carries a learning signal; solved and hopeless prompts stand (almost) still. The population therefore
-    *polarises*: the band in between is pushed to "solved" while hopeless prompts stay hopeless.
+    G carries a learning signal, so prompts near p = 0 or 1 move slowly. The population therefore
+    *polarises*: the band in between is pushed to "solved". Near-hopeless prompts are not frozen:
+    those with p of a few percent still get a signal now and then and creep upwards (some of them past
+    p = 0.5 within 200 steps), so the lowest histogram bin empties slowly while the very hardest stay put.
 
     The defaults are chosen, not fitted, so that the expected degenerate share at G = 8 starts near
-    the paper's ~60 % (SPO_SPEC Sec. 2); the rise that follows is this model's consequence.
+    the paper's ~60 % (arXiv 2509.13232); the rise that follows is this model's consequence.
 
     Returns:
         float64 array ``[steps + 1, num_prompts]``: row t holds the logits after t steps.
@@ -129,7 +131,7 @@ def degenerate_groups(
 
 
 def degenerate_probability_curves(group_sizes=(2, 4, 8, 16), *, points: int = 201) -> pd.DataFrame:
-    """P(degenerate | p, G) = p^G + (1 - p)^G on a grid of p in [0, 1], for each G (SPO_SPEC Sec. 2).
+    """P(degenerate | p, G) = p^G + (1 - p)^G on a grid of p in [0, 1], for each G.
 
     Returns:
         long DataFrame with columns G, p, probability (``points`` rows per G).

@@ -1,6 +1,7 @@
 """Small helpers shared by the notebooks: run profiles, Colab detection, the repository address.
 
-Every notebook runs in one of three profiles, chosen by the environment variable ``SPO_LAB_PROFILE``:
+Every notebook runs in one of three profiles, chosen by the environment variable ``SPO_LAB_PROFILE``
+(unset: ``"colab"`` inside Google Colab, ``"default"`` anywhere else):
 
 - ``"default"`` -- a laptop CPU, at most about 5 minutes per notebook;
 - ``"ci"``      -- the test suite (``pytest --nbval-lax notebooks``), well under a minute;
@@ -28,11 +29,12 @@ PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def profile(default: str = "default") -> str:
-    """The run profile: ``$SPO_LAB_PROFILE`` if set (and not empty), else ``default``.
+    """The run profile: ``$SPO_LAB_PROFILE`` if set (and not empty), else ``"colab"`` inside a Google
+    Colab kernel (:func:`in_colab`), else ``default``. An explicit environment variable always wins.
 
     Raises ValueError for a name outside :data:`PROFILES`.
     """
-    name = os.environ.get(ENV_VAR, "").strip() or default
+    name = os.environ.get(ENV_VAR, "").strip() or ("colab" if in_colab() else default)
     if name not in PROFILES:
         raise ValueError(f"{ENV_VAR} must be one of {PROFILES}, got {name!r}")
     return name

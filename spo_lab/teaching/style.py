@@ -82,8 +82,9 @@ ALIASES: dict[str, str] = {
 FALLBACK_COLORS = ("#332288", "#882255", "#DDCC77", "#CC6677", "#44AA99", "#6699CC", "#661100", "#999933")
 
 # Phases of one training step, in order (the trainer's time/* keys), with their bar colours.
-PHASES = ("sample", "generate", "score", "update", "tracker", "eval")
-PHASE_COLORS = dict(zip(PHASES, ("#56B4E9", "#E69F00", "#009E73", "#0072B2", "#CC79A7", "#999999")))
+PHASES = ("sample", "generate", "score", "update", "tracker", "sync", "eval", "offline_init")
+PHASE_COLORS = dict(zip(PHASES, ("#56B4E9", "#E69F00", "#009E73", "#0072B2", "#CC79A7", "#F0E442", "#999999",
+                                 "#4D4D4D")))
 
 # Human axis labels, with units, for every key a plot helper is called with.
 LABELS: dict[str, str] = {

@@ -34,7 +34,7 @@ __all__ = [
     "plot_sync_barrier",
 ]
 
-# The paper's agentic-throughput simulation (SPO_SPEC Sec. 5): 24 samples collected group-wise took
+# The paper's agentic-throughput simulation (arXiv 2509.13232): 24 samples collected group-wise took
 # 486 s; the first 24 of 48 independent rollouts took 112 s. 486 / 112 = 4.34; the paper states 4.35x
 # (presumably from unrounded times).
 PAPER_GROUP_SECONDS = 486.0
@@ -148,7 +148,7 @@ def sync_barrier_sweep(
 
     Reports means over trials and ratio = group_sync / single_stream (a ratio of means). The paper's
     simulation: 486 s vs 112 s (4.35x) for B = 24, G = 8, pool = 48; its latency law is not given in
-    SPO_SPEC, so ``matching_tail`` finds where this model meets that ratio.
+    the paper, so ``matching_tail`` finds where this model meets that ratio.
 
     Note that single_stream STARTS twice as many rollouts: the other pool - B either continue into
     the next batch (an asynchronous system) or are cancelled (wasted compute). The gain is wall-clock.

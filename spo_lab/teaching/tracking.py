@@ -108,8 +108,8 @@ class _Follower:
     """A ValueTracker plus what the official D(x) estimator stores per prompt (simulation plumbing).
 
     The "policy" of prompt i at step t is Bernoulli(sigmoid(z_i(t))); a response is its outcome y.
-    Official estimator (SPO_SPEC Sec. 3.2) applied to this one-token policy: keep the last sampled
-    y with its log-prob under the policy right after that step's update; at the next visit, after the
+    The official code's estimator of D, applied to this one-token policy: keep the last sampled y with
+    its log-prob under the policy right after that step's update; at the next visit, after the
     update, D = |log pi_now(y) - log pi_stored(y)|. ``divergence="kl"`` uses the paper's definition
     instead, KL(Bernoulli(p_stored) || Bernoulli(p_now)); ``"none"`` gives D = 0 (rho = rho_max).
     """
