@@ -52,7 +52,6 @@ GROUP = 8  # responses per prompt of the GRPO setups
 TEMPERATURE = 1.0
 MAX_NEW_TOKENS = 8
 TRL_VERSION = "1.16.0"  # the version the bench extra pins
-NOT_STEP = ("time/eval", "time/offline_init")  # time/* columns of metrics.jsonl that are not part of a step
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
        "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # every worker: one thread, no network
 
@@ -93,6 +92,7 @@ def run_ours(setup: str, args) -> dict:
     """Train ``args.steps`` steps with spo_lab.train; per-step ms from the time/* columns of metrics.jsonl."""
     import torch
 
+    from spo_lab.experiment import NOT_STEP  # time/* columns that are not part of a step
     from spo_lab.train import train
 
     out = train(ours_config(setup, args, args.run_dir, args.cache_dir, args.steps))

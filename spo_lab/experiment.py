@@ -213,11 +213,26 @@ def mean_ci(x) -> dict:
     return {"mean": mean, "std": std, "n": n, "ci95": [mean - half, mean + half]}
 
 
+NOT_STEP = ("time/eval", "time/offline_init")
+"""The trainer's time/* columns that are not part of a training step: evaluation and the offline pass."""
+
+
 def _train_seconds(s: pd.DataFrame) -> pd.Series:
-    """Cumulative wall seconds of training (all time/* phases except evaluation and the offline pass)."""
-    cols = [c for c in s.columns if c.startswith("time/") and c not in ("time/eval", "time/offline_init")]
+    """Cumulative wall seconds of training (all time/* phases except :data:`NOT_STEP`)."""
+    cols = [c for c in s.columns if c.startswith("time/") and c not in NOT_STEP]
     per_step = s[cols].fillna(0).sum(axis=1).where(s.step > 0, 0.0)
     return per_step.cumsum()
+
+
+def _offline_seconds(s: pd.DataFrame) -> float:
+    """The offline pass's wall time logged in a run's step-0 row (0 for a run without one)."""
+    logged = s["time/offline_init"].dropna() if "time/offline_init" in s else pd.Series(dtype=float)
+    return float(logged.iloc[0]) if len(logged) else 0.0
+
+
+def _mean_or_none(rows: pd.DataFrame, col: str) -> float | None:
+    """Mean of a column over rows, None where the column is absent or empty (e.g. GRPO metrics of SPO)."""
+    return float(rows[col].mean()) if col in rows and rows[col].notna().any() else None
 
 
 def per_seed_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -228,7 +243,7 @@ def per_seed_table(df: pd.DataFrame) -> pd.DataFrame:
         ev = s.dropna(subset=["eval/sampled_acc"])
         tr = s[s.step > 0]
         first, last = tr.head(10), tr.tail(10)
-        offline_s = float(s["time/offline_init"].dropna().iloc[0]) if "time/offline_init" in s and s["time/offline_init"].notna().any() else 0.0
+        offline_s = _offline_seconds(s)
         row = {
             "run": run, "seed": int(seed), "steps": int(s.step.max()),
             "start_avg": ev["eval/sampled_acc"].iloc[0], "final_avg": ev["eval/sampled_acc"].iloc[-1],
@@ -237,8 +252,8 @@ def per_seed_table(df: pd.DataFrame) -> pd.DataFrame:
             "train_seconds": float(_train_seconds(s).iloc[-1]), "offline_seconds": offline_s,
             "eval_seconds": float(s.get("time/eval", pd.Series(dtype=float)).fillna(0).sum()),
             "reward_first10": float(first["reward/mean"].mean()), "reward_last10": float(last["reward/mean"].mean()),
-            "degenerate_first10": float(first["grpo/degenerate_frac"].mean()) if "grpo/degenerate_frac" in tr and tr["grpo/degenerate_frac"].notna().any() else None,
-            "degenerate_last10": float(last["grpo/degenerate_frac"].mean()) if "grpo/degenerate_frac" in tr and tr["grpo/degenerate_frac"].notna().any() else None,
+            "degenerate_first10": _mean_or_none(first, "grpo/degenerate_frac"),
+            "degenerate_last10": _mean_or_none(last, "grpo/degenerate_frac"),
             "sec_per_step": float(_train_seconds(s).iloc[-1] / max(len(tr), 1)),
             # advantage variance before normalisation over the batch's reward variance (steps with spread)
             "var_ratio": (float((tr["adv/raw_var"] / tr["reward/var"].where(tr["reward/var"] > 0)).mean())
@@ -263,7 +278,7 @@ def time_to_accuracy(df: pd.DataFrame, target: float, runs) -> dict:
         for seed, s in df[df.run == run].groupby("seed"):
             s = s.sort_values("step").reset_index(drop=True)
             secs = _train_seconds(s)
-            offline_s = float(s["time/offline_init"].dropna().iloc[0]) if "time/offline_init" in s and s["time/offline_init"].notna().any() else 0.0
+            offline_s = _offline_seconds(s)
             hit = s[s["eval/sampled_acc"].notna() & (s["eval/sampled_acc"] >= target)]
             if hit.empty:
                 seeds.append({"seed": int(seed), "reached": False})
@@ -492,8 +507,7 @@ def _figures(root: Path, df: pd.DataFrame, summary: dict) -> list[str]:
     w = []
     for (run, seed), s in d.groupby(["run", "seed"]):
         s = s.sort_values("step").copy()
-        offline_s = s["time/offline_init"].dropna().iloc[0] if "time/offline_init" in s and s["time/offline_init"].notna().any() else 0.0
-        s["minutes_incl_init"] = (_train_seconds(s) + offline_s) / 60
+        s["minutes_incl_init"] = (_train_seconds(s) + _offline_seconds(s)) / 60
         w.append(s)
     w = pd.concat(w)
     for run, g in w.dropna(subset=["eval/sampled_acc"]).groupby("run", sort=True):
@@ -565,7 +579,7 @@ def _figures(root: Path, df: pd.DataFrame, summary: dict) -> list[str]:
         save(fig, "degenerate_fraction.png")
     # 6. where a step's time goes
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    run_figures.plot_phase_times(d.drop(columns=["time/eval", "time/offline_init"], errors="ignore"), ax=ax)
+    run_figures.plot_phase_times(d.drop(columns=list(NOT_STEP), errors="ignore"), ax=ax)
     ax.set_title("seconds per training step, evaluation excluded (1 CPU thread)", fontsize="medium")
     save(fig, "phase_times.png")
     return made

@@ -103,10 +103,9 @@ def offline_counts(engine, task, problems, *, n0: int, temperature: float, max_n
         key = offline_cache_key(getattr(task, "name", type(task).__name__), problems, model_key=model_key, n0=n0,
                                 temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
         path = Path(cache_dir) / f"offline-{key}.pt"
-        if path.exists():
-            blob = torch.load(path, weights_only=True)
-            succ, trials, seconds = (blob["succ"], blob["trials"], blob["seconds"]) if isinstance(blob, dict) \
-                else (*blob, float("nan"))  # a cache file from before the time was stored
+        blob = torch.load(path, weights_only=True) if path.exists() else None
+        if isinstance(blob, dict):  # an older file without the pass's time is computed again, not guessed
+            succ, trials, seconds = blob["succ"], blob["trials"], blob["seconds"]
             if info is not None:
                 info.update(seconds=float(seconds), cached=True)
             if succ.shape != (len(problems),):
