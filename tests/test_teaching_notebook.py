@@ -181,3 +181,34 @@ def test_exercises_accept_the_reference_and_reject_a_wrong_answer(path, monkeypa
         ns["answer"] = reference + 1  # every answer here is a number that 1 more makes wrong
         with pytest.raises(AssertionError):
             exec(check, ns)
+
+
+# ====================================================================== the notebooks' cache
+def test_notebook_cache_is_in_the_per_user_cache_folder(monkeypatch, tmp_path):
+    import tempfile
+
+    monkeypatch.delenv("SPO_LAB_CACHE_DIR", raising=False)
+    default = nbh.notebook_cache_dir()
+    assert default.name == "notebooks" and "spo_lab" in default.parts
+    assert Path(tempfile.gettempdir()) not in default.parents  # not the temp folder every user shares
+    monkeypatch.setenv("SPO_LAB_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert nbh.notebook_cache_dir() == tmp_path / "elsewhere" / "notebooks"
+
+
+def test_short_run_hands_the_cache_folder_to_the_trainer(monkeypatch, tmp_path):
+    import spo_lab.train
+
+    monkeypatch.setenv("SPO_LAB_CACHE_DIR", str(tmp_path))
+    seen = {}
+
+    def fake_train(cfg):
+        seen["cache_dir"] = cfg.cache_dir
+        out = Path(cfg.out)
+        out.mkdir(parents=True)
+        (out / "metrics.jsonl").write_text('{"step": 0, "reward/mean": 0.5}\n')
+        return out
+
+    monkeypatch.setattr(spo_lab.train, "train", fake_train)
+    df = nbh.short_run("spo", seed=2, algo="spo")
+    assert seen["cache_dir"] == str(tmp_path / "notebooks")
+    assert list(df.columns[:2]) == ["run", "seed"] and df.seed.tolist() == [2]

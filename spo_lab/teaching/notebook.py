@@ -19,9 +19,10 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..paths import user_cache_dir
 from . import style
 
-__all__ = ["PROFILES", "profile", "pick", "in_colab", "repo_url", "setup", "short_run"]
+__all__ = ["PROFILES", "profile", "pick", "in_colab", "repo_url", "setup", "notebook_cache_dir", "short_run"]
 
 PROFILES = ("default", "ci", "colab")
 ENV_VAR = "SPO_LAB_PROFILE"
@@ -101,13 +102,21 @@ def setup(dpi: int = style.DPI, threads: int = 1) -> None:
         hf_logging.set_verbosity_error()
 
 
+def notebook_cache_dir() -> Path:
+    """Where the notebooks' helpers cache what they computed: ``notebooks/`` in the per-user cache folder
+    (:func:`spo_lab.paths.user_cache_dir`; ``~/.cache/spo_lab/notebooks`` on Linux, or
+    ``$SPO_LAB_CACHE_DIR/notebooks``). Private to the user, unlike the shared system temp folder; safe to delete.
+    """
+    return user_cache_dir("notebooks")
+
+
 def short_run(run: str, seed: int = 0, **config):
     """Train ``spo_lab.train.Config(**config)`` in a temporary folder; return its metrics rows.
 
     The rows are the trainer's ``metrics.jsonl`` with two columns added, ``run`` (= ``run``) and
     ``seed``, the long format the :mod:`spo_lab.teaching.runs` helpers take. No progress bar, no saved
-    model; the offline-init counts are cached in the system temp folder, so SPO runs in one session
-    share their offline pass.
+    model. The offline-init counts are cached in :func:`notebook_cache_dir` (the per-user cache folder,
+    ``$SPO_LAB_CACHE_DIR`` if set), so SPO runs share their offline pass across sessions and notebooks.
     """
     import tempfile
 
@@ -115,7 +124,7 @@ def short_run(run: str, seed: int = 0, **config):
 
     from ..train import Config, train
 
-    cache = Path(tempfile.gettempdir()) / "spo_lab_notebook_cache"
+    cache = notebook_cache_dir()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Config(**{"progress": False, "save_model": False, "save_every": 0, "cache_dir": str(cache),
                         "num_threads": 1, **config, "seed": seed, "out": str(Path(tmp) / run)})
