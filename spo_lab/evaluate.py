@@ -14,7 +14,10 @@ Entry points:
 
 - ``python -m spo_lab.evaluate`` (:func:`main`) -- the five benchmarks end to end; every sample kept in
   ``samples.jsonl``, tables with bootstrap intervals and the paper's numbers in ``summary.json`` /
-  ``summary.md``, the curves in ``pass_at_k.png``; resumable per benchmark:
+  ``summary.md``, the curves in ``pass_at_k.png``; resumable per benchmark (the same command again skips
+  what is done; other settings on the same ``--out`` are refused unless ``--overwrite`` starts afresh).
+  Every option is checked when parsed and the model path, ``--out`` and the data before anything loads, so
+  a bad command fails in a second and leaves nothing behind:
 
       python -m spo_lab.evaluate --model PATH --task math --benchmarks aime24,aime25,beyondaime,brumo25,hmmt25 \\
           --n 32 --temperature 0.6 --top-p 0.95 --top-k 20 --max-new-tokens 8192 --engine vllm --out runs/eval
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 from collections import defaultdict
@@ -49,10 +53,12 @@ import pandas as pd
 import torch
 
 from .engines.base import seeded
+from .errors import UserError, cli_main
 from .metrics import maj_at_k, pass_at_k
 
 __all__ = ["accuracy", "sample_answers", "sample_completions", "pass_and_maj_curves", "PAPER_EVAL", "PAPER_MAJ32",
-           "PAPER_AVG32_MEAN", "powers_of_two", "benchmark_metrics", "summarize", "evaluate_benchmarks", "main"]
+           "PAPER_AVG32_MEAN", "powers_of_two", "benchmark_metrics", "summarize", "evaluate_benchmarks",
+           "check_args", "remove_results", "main"]
 
 PAPER_EVAL = dict(temperature=0.6, top_p=0.95, top_k=20)
 """The paper's evaluation sampling settings."""
@@ -111,6 +117,8 @@ def sample_completions(engine, task, problems, n: int = 32, *, temperature: floa
     ``task.extract``, None when a completion gives none), ``rewards`` (float64, ``task.score``) and
     ``truncated`` (bool, no <eos> within ``max_new_tokens``; False where the engine does not say).
     """
+    if n < 1:
+        raise ValueError(f"n (samples per problem) must be >= 1, got {n}")
     P = len(problems)
     out = {"texts": np.empty((P, n), dtype=object), "answers": np.empty((P, n), dtype=object),
            "rewards": np.zeros((P, n)), "truncated": np.zeros((P, n), dtype=bool)}
@@ -181,6 +189,8 @@ def benchmark_metrics(answers, correct, ks=None, *, resamples: int = 2000, seed:
     avg@n, maj@k and pass@k (k in ``ks``, default the powers of two <= n), and ``boot[metric]``, the
     ``[resamples]`` bootstrap means (to combine benchmarks into an average with an interval).
     """
+    if resamples < 1:
+        raise ValueError(f"resamples (bootstrap) must be >= 1, got {resamples}")
     correct = np.asarray(correct, dtype=bool)
     P, n = correct.shape
     vals = _per_problem(answers, correct, powers_of_two(n) if ks is None else ks)
@@ -378,15 +388,41 @@ def _write_rows(path: Path, rows: list[dict], mode: str) -> None:
             os.fsync(f.fileno())
 
 
+RESULT_FILES = ("samples.jsonl", "run.json", "summary.json", "summary.md", "pass_at_k.png")
+"""What an evaluation writes into ``--out`` (and ``--overwrite`` removes)."""
+
+
 def _run_settings(out: Path, settings, **sampling) -> dict:
-    """Everything that decides the samples; an error when ``out/run.json`` holds other values."""
+    """Everything that decides the samples; a UserError when ``out`` holds samples made with other values.
+
+    A ``run.json`` without samples (a run that failed before its first benchmark finished) is simply
+    replaced: there is nothing in the folder its settings would be mixed with.
+    """
     settings = {**(settings or {}), **sampling}
     run = Path(out) / "run.json"
-    if run.exists() and json.loads(run.read_text()) != settings:
-        old = json.loads(run.read_text())
-        diff = {k: (old.get(k), settings.get(k)) for k in {*old, *settings} if old.get(k) != settings.get(k)}
-        raise ValueError(f"{out} holds samples made with other settings (was, now: {diff}); use another --out")
+    if run.exists() and _read_samples(Path(out) / "samples.jsonl"):
+        try:
+            old = json.loads(run.read_text())
+        except ValueError:
+            old = {}
+        if old != settings:
+            diff = {k: (old.get(k), settings.get(k)) for k in sorted({*old, *settings})
+                    if old.get(k) != settings.get(k)}
+            raise UserError(f"{out} holds samples made with other settings (was, now: {diff}); use another --out, "
+                            "or --overwrite to remove them and start afresh")
     return settings
+
+
+def remove_results(out: Path) -> list[str]:
+    """Delete what an evaluation wrote into ``out`` (``RESULT_FILES`` and torn temporary files); the names removed."""
+    removed = []
+    for name in RESULT_FILES:
+        if (Path(out) / name).is_file():
+            (Path(out) / name).unlink()
+            removed.append(name)
+    for tmp in Path(out).glob("*.tmp"):
+        tmp.unlink()
+    return removed
 
 
 def evaluate_benchmarks(engine, task, benchmarks: dict, out, *, n: int = 32, temperature: float = 0.6,
@@ -450,16 +486,87 @@ def _benchmark_paths(names, bdir, pairs) -> dict:
         tried = [Path(bdir) / BENCHMARKS[b].hub_id.split("/")[-1], Path(bdir) / b] if b in BENCHMARKS else []
         found = [t for t in tried if t.exists()]
         if not found:
-            raise FileNotFoundError(f"benchmark {b}: none of {[str(t) for t in tried]} exists")
+            raise FileNotFoundError(f"benchmark {b}: none of {[str(t) for t in tried]} exists (--benchmark-dir)")
         paths[b] = str(found[0])
     return paths
 
 
+def check_args(args) -> list[str]:
+    """Check every option of the command line; UserError naming the flag otherwise. Returns the benchmark names.
+
+    Nothing is loaded or written here: a bad option costs a second and leaves ``--out`` as it was.
+    """
+    import math
+
+    from .models import DTYPES
+    from .tasks import TASKS
+
+    def bad(flag, why):
+        raise UserError(f"{flag} {why}, got {getattr(args, flag[2:].replace('-', '_'))!r}")
+
+    if args.task not in TASKS:
+        bad("--task", f"must be one of {tuple(TASKS)}")
+    meaning_of_0 = {"--limit": " (0 = every problem)", "--top-k": " (0 = no top-k)"}
+    for flag, low in (("--n", 1), ("--batch", 1), ("--bootstrap", 1), ("--limit", 0), ("--top-k", 0), ("--seed", 0)):
+        if getattr(args, flag[2:].replace("-", "_")) < low:
+            bad(flag, f"must be >= {low}{meaning_of_0.get(flag, '')}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        bad("--max-new-tokens", "must be >= 1")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        bad("--temperature", "must be a finite number > 0 (the evaluation samples; greedy decoding is not offered)")
+    if not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        bad("--top-p", "must be in (0, 1] (1 = no top-p)")
+    if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
+        bad("--device", "must be auto, cpu, cuda or cuda:N")
+    if args.dtype not in (*DTYPES, "auto"):
+        bad("--dtype", f"must be one of {(*DTYPES, 'auto')}")
+    if args.style not in ("boxed", "official"):
+        bad("--style", "must be boxed or official")
+    if args.reward not in ("math-verify", "math_dapo"):
+        bad("--reward", "must be math-verify or math_dapo")
+    if not args.out.strip():
+        raise UserError("--out is empty: give a folder (an empty path would write into the working directory)")
+    flag = "--benchmarks" if args.benchmarks or args.task == "math" else "--split"
+    names = (args.benchmarks.split(",") if args.benchmarks else
+             ["aime24", "aime25", "beyondaime", "brumo25", "hmmt25"] if args.task == "math" else args.split.split(","))
+    names = [b.strip() for b in names]
+    module, cls = TASKS[args.task].split(":")
+    known = getattr(getattr(importlib.import_module(module), cls), "splits", None)
+    for b in names:
+        if not b or (known is not None and b not in known):
+            raise UserError(f"{flag}: unknown name {b!r} for the {args.task} task; known: {', '.join(known or [])}")
+        if names.count(b) > 1:
+            raise UserError(f"{flag} names {b!r} twice")
+    for pair in args.benchmark_path:
+        name, eq, path = pair.partition("=")
+        if not eq or not name or not path:
+            raise UserError(f"--benchmark-path must be NAME=PATH, got {pair!r}")
+        if known is not None and name not in known:
+            raise UserError(f"--benchmark-path {pair!r}: unknown benchmark {name!r}; known: {', '.join(known)}")
+    return names
+
+
+def check_out(out: Path, *, overwrite: bool, settings: dict, sampling: dict) -> None:
+    """``--out`` must be a folder that is not a model and holds no samples of other settings (unless ``overwrite``)."""
+    from .run_folder import model_files
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a folder")
+    found = model_files(out)
+    if found:
+        raise UserError(f"--out {out} holds a model ({', '.join(found[:4])}); evaluation results need their own folder")
+    if not overwrite:
+        _run_settings(out, settings, **sampling)
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description="Sampled benchmark evaluation (the SPO paper): maj@k, avg@n, "
+    """``python -m spo_lab.evaluate``: see the module docstring; ``--help`` lists every option."""
+    p = argparse.ArgumentParser(prog="python -m spo_lab.evaluate",
+                                description="Sampled benchmark evaluation (the SPO paper): maj@k, avg@n, "
                                 "pass@k with bootstrap intervals, beside the paper's Qwen3-8B numbers.")
     a = p.add_argument
-    a("--model", default=None, help="model folder or hub id (default: the bundled tiny Qwen3)")
+    a("--model", default=None, help="model folder or hub id (default: the bundled tiny Qwen3); for a training "
+      "run, its RUN/final_model")
     a("--task", default="math", help="task name: math (the five benchmarks) | arith")
     a("--benchmarks", default=None, help="comma list (math default: aime24,aime25,beyondaime,brumo25,hmmt25)")
     a("--split", default="test", help="comma list of splits to evaluate for a task without benchmarks")
@@ -467,40 +574,56 @@ def main(argv=None) -> dict:
     a("--benchmark-path", action="append", default=[], metavar="NAME=PATH", help="one benchmark's local copy")
     a("--data", default=None, help="the task's data (arith folder; math training source, unused here)")
     a("--limit", type=int, default=0, help="first k problems of each benchmark (0 = all)")
-    a("--n", type=int, default=32, help="samples per problem")
-    a("--temperature", type=float, default=PAPER_EVAL["temperature"])
-    a("--top-p", type=float, default=PAPER_EVAL["top_p"])
-    a("--top-k", type=int, default=PAPER_EVAL["top_k"])
+    a("--n", type=int, default=32, help="samples per problem (>= 1)")
+    a("--temperature", type=float, default=PAPER_EVAL["temperature"], help="sampling temperature (> 0)")
+    a("--top-p", type=float, default=PAPER_EVAL["top_p"], help="nucleus sampling, in (0, 1] (1 = off)")
+    a("--top-k", type=int, default=PAPER_EVAL["top_k"], help="top-k sampling (0 = off)")
     a("--max-new-tokens", type=int, default=None, help="default: 8192 for math (the paper's), 8 otherwise")
     a("--engine", default="hf", choices=["hf", "vllm"])
-    a("--device", default="auto")
-    a("--dtype", default="auto")
-    a("--seed", type=int, default=0)
+    a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    a("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    a("--seed", type=int, default=0, help="seed of the sampling and of the bootstrap (>= 0)")
     a("--batch", type=int, default=256, help="responses per engine call")
     a("--thinking", action=argparse.BooleanOptionalAction, default=False, help="Qwen3 thinking mode (math)")
     a("--style", default="boxed", help="math prompt style: boxed | official")
     a("--reward", default="math-verify", help="math checker: math-verify | math_dapo")
     a("--cache-dir", default=None, help="datasets cache folder (math)")
-    a("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95 %% intervals")
+    a("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95 %% intervals (>= 1)")
     a("--out", required=True, help="output folder (resumable)")
+    a("--overwrite", action="store_true", help="remove the evaluation results already in --out and start afresh")
+    a("--debug", action="store_true", help="show the traceback of an expected error (also SPO_LAB_DEBUG=1)")
     args = p.parse_args(argv)
+    try:  # every option checked before anything loads, and the error names the flag
+        names = check_args(args)
+    except UserError as err:
+        p.error(str(err))
 
     from .engines import build_engine
-    from .models import DEFAULT_MODEL_DIR, is_adapter_folder, load_policy, resolve_device
+    from .models import (DEFAULT_MODEL_DIR, check_context_length, check_model_path, is_adapter_folder, load_policy,
+                         resolve_device)
+    from .run_folder import check_writable
     from .tasks import get_task
 
     model_path = str(args.model or DEFAULT_MODEL_DIR)
+    out = Path(args.out)
     device = resolve_device(args.device)
     math_task = args.task == "math"
-    names = (args.benchmarks.split(",") if args.benchmarks else
-             ["aime24", "aime25", "beyondaime", "brumo25", "hmmt25"] if math_task else args.split.split(","))
     max_new = args.max_new_tokens or (8192 if math_task else 8)
     settings = {"model": model_path, "task": args.task, "engine": args.engine, "device": device.type,
                 "dtype": args.dtype,
                 **({"thinking": args.thinking, "style": args.style, "reward": args.reward} if math_task else {})}
     sampling = dict(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                     max_new_tokens=max_new, seed=args.seed, batch=args.batch)
-    _run_settings(Path(args.out), settings, **sampling)  # fail before loading anything
+    # fail before loading anything: the model path, --out, and (a task without a tokenizer) the data
+    check_model_path(model_path)
+    check_out(out, overwrite=args.overwrite, settings=settings, sampling=sampling)
+    task = benchmarks = None
+    if not math_task:  # its prompts need no tokenizer: read and check the data now
+        task = get_task(args.task, data=args.data)
+        benchmarks = {b: task.load(b)[: args.limit or None] for b in names}
+    check_writable(out, "--out")
+    if args.overwrite and (removed := remove_results(out)):
+        print(f"--overwrite: removed {', '.join(removed)} from {out}")
     # vLLM loads a full checkpoint itself; a LoRA adapter folder needs the policy here to hot-load it
     lora_folder = is_adapter_folder(model_path)
     model, tok = (load_policy(model_path, dtype=args.dtype, device=device) if args.engine == "hf" or lora_folder
@@ -510,17 +633,32 @@ def main(argv=None) -> dict:
     if lora_folder:
         engine.sync_weights(model)
     tok = tok or engine.tokenizer  # vLLM loads the policy and its tokenizer itself
-    kw = {}
     if math_task:
         kw = dict(thinking=args.thinking, style=args.style, reward=args.reward, cache_dir=args.cache_dir,
                   benchmark_paths=_benchmark_paths(names, args.benchmark_dir, args.benchmark_path))
-    task = get_task(args.task, data=args.data, tokenizer=tok, **kw)
-    benchmarks = {b: task.load(b)[: args.limit or None] for b in names}
-    summary = evaluate_benchmarks(engine, task, benchmarks, args.out, **sampling, device=device,
+        task = get_task(args.task, data=args.data, tokenizer=tok, **kw)
+        benchmarks = {b: task.load(b)[: args.limit or None] for b in names}
+    limits = model if model is not None else _model_config(model_path)
+    for b, problems in benchmarks.items():
+        if not problems:
+            raise UserError(f"benchmark {b} has no problems")
+        if limits is not None:
+            check_context_length(limits, tok, problems, max_new, source=f"benchmark {b}")
+    summary = evaluate_benchmarks(engine, task, benchmarks, out, **sampling, device=device,
                                   resamples=args.bootstrap, settings=settings)
     print(summary_markdown(summary))
     return summary
 
 
+def _model_config(model_path: str):
+    """The model's config (for its context length) when the engine loaded the weights itself; None if unreadable."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model_path, trust_remote_code=False)
+    except Exception:  # noqa: BLE001 - the engine has loaded the model; its own limit then applies
+        return None
+
+
 if __name__ == "__main__":
-    main()
+    cli_main(main)

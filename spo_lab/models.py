@@ -7,23 +7,38 @@
 Auto classes, safetensors only and never ``trust_remote_code``. The bundled tiny Qwen3
 (``data/tiny-qwen3``, :mod:`spo_lab.tiny_model`) is loaded the same way. ``token_logprobs`` is the
 trainer's scoring of a policy: the per-token log-probs the PPO ratio and the D(x) estimators use.
+
+A model path that cannot work is refused before anything heavy loads, with a
+:class:`~spo_lab.errors.UserError` naming the folder or file (:func:`check_model_path`): a training
+run folder (its policy is in ``final_model/``), a folder without tokenizer files, a corrupt
+safetensors file. :func:`check_context_length` refuses prompts that, with ``max_new_tokens``, do not
+fit the model's positions -- before a 1 MB prompt tries to allocate tens of GB.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from .errors import UserError, shorten
+
 __all__ = ["DEFAULT_MODEL_DIR", "LoraSpec", "load_policy", "resolve_device", "resolve_dtype", "token_logprobs",
-           "is_lora", "is_adapter_folder", "base_model_path", "load_tokenizer", "model_fingerprint"]
+           "is_lora", "is_adapter_folder", "base_model_path", "load_tokenizer", "model_fingerprint",
+           "check_model_path", "check_context_length", "context_limit", "TOKENIZER_FILES"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny-qwen3"
 """The bundled warm-started tiny Qwen3, written by ``scripts/build_tiny_model.py``."""
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model",
+                   "vocab.txt")
+"""Any one of these makes a folder's tokenizer loadable; without them transformers builds an empty one."""
 
 
 @dataclass
@@ -47,7 +62,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU (use --device cpu)")
+        raise UserError(f"--device {str(device)!r} asked for, but torch sees no CUDA GPU (use --device cpu)")
     return device
 
 
@@ -60,7 +75,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or 'auto', got {dtype!r}")
+        raise UserError(f"--dtype must be one of {sorted(DTYPES)} or 'auto', got {dtype!r}")
     return DTYPES[dtype]
 
 
@@ -89,18 +104,18 @@ def load_policy(
     if path is None:
         path = DEFAULT_MODEL_DIR
     path_s = str(path)
-    looks_local = path_s.startswith((".", "/", "~")) or Path(path_s).exists() or path_s.count("/") != 1
-    if looks_local and not Path(path_s).expanduser().is_dir():
-        hint = " (rebuild the bundled one with `python scripts/build_tiny_model.py --seed 0 --out data`)" \
-            if Path(path_s).resolve() == DEFAULT_MODEL_DIR else ""
-        raise FileNotFoundError(f"model folder {path_s!r} does not exist; pass a model folder or a hub id "
-                                f"such as 'Qwen/Qwen3-0.6B'{hint}")
+    local = check_model_path(path_s)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if is_adapter_folder(path_s):  # a trained LoRA adapter (what a LoRA run saves): its base model plus the adapter
         return _load_adapter(Path(path_s).expanduser(), dtype=dt, device=dev, trainable=lora is not None,
                              gradient_checkpointing=gradient_checkpointing)
-    model = AutoModelForCausalLM.from_pretrained(path_s, dtype=dt, use_safetensors=True, trust_remote_code=False)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path_s, dtype=dt, use_safetensors=True, trust_remote_code=False)
+    except Exception as err:
+        if local:  # name the corrupt weights file, if that is what failed
+            _check_safetensors(Path(path_s).expanduser(), err)
+        raise
     tokenizer = load_tokenizer(path_s)
     model.to(dev)
     if gradient_checkpointing:
@@ -125,10 +140,107 @@ def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    if len(tokenizer) == 0:
+        raise UserError(f"the tokenizer of {path} is empty (no tokenizer files there?); copy the tokenizer "
+                        "files of the model it was trained from into the folder")
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def check_model_path(path: str | Path) -> bool:
+    """Refuse a model path that cannot load, before anything heavy loads; True for a local folder.
+
+    UserError (FileNotFoundError for a missing folder) naming the folder when it is: missing; a
+    training run folder (``config.json`` + ``metrics.jsonl`` or ``final_model/``: its policy is in
+    ``final_model/``); a folder with neither weights nor an adapter; a full model without tokenizer files
+    (transformers would build an empty tokenizer that fails deep inside generation). A string like
+    ``"Qwen/Qwen3-0.6B"`` that is not a local path is a hub id and passes (False).
+    """
+    path_s = str(path)
+    p = Path(path_s).expanduser()
+    looks_local = path_s.startswith((".", "/", "~")) or p.exists() or path_s.count("/") != 1
+    if not looks_local:
+        return False
+    if not p.is_dir():
+        hint = " (rebuild the bundled one with `python scripts/build_tiny_model.py --seed 0 --out data`)" \
+            if p.resolve() == DEFAULT_MODEL_DIR else ""
+        if p.exists():
+            raise UserError(f"model folder {path_s!r} is a file; pass the folder that holds config.json, the "
+                            "weights and the tokenizer")
+        raise FileNotFoundError(f"model folder {path_s!r} does not exist; pass a model folder or a hub id "
+                                f"such as 'Qwen/Qwen3-0.6B'{hint}")
+    if (p / "config.json").is_file() and ((p / "metrics.jsonl").exists() or (p / "final_model").is_dir()) \
+            and not any(p.glob("*.safetensors")):
+        final = p / "final_model"
+        where = (f"use {final}" if final.is_dir() else
+                 f"this run saved no final_model/ (its checkpoint is {p / 'checkpoint.pt'})")
+        raise UserError(f"{path_s} is a training run folder, not a model: its trained policy is in final_model/; "
+                        f"{where}")
+    if is_adapter_folder(p):
+        return True
+    if not (p / "config.json").is_file() or not (any(p.glob("*.safetensors")) or any(p.glob("*.bin"))):
+        raise UserError(f"model folder {path_s!r} holds no model (config.json and *.safetensors weights); pass a "
+                        "Hugging Face model folder or a hub id such as 'Qwen/Qwen3-0.6B'")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"model folder {path_s!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); "
+                        "copy the tokenizer of the model it was trained from into it (tokenizer.save_pretrained)")
+    return True
+
+
+def _check_safetensors(folder: Path, err: Exception) -> None:
+    """After a failed load: UserError naming the first ``*.safetensors`` file whose header cannot be read."""
+    from safetensors import safe_open
+
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for name in st.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    st.get_slice(name)
+        except Exception as bad:  # noqa: BLE001 - any failure to read means corrupt
+            raise UserError(f"{f} is corrupt or truncated ({type(bad).__name__}: {str(bad)[:200]}); re-copy or "
+                            "re-save the model") from err
+
+
+def context_limit(model_or_config, max_len: int | None = None) -> int | None:
+    """The longest prompt + response the model takes: its ``max_position_embeddings`` (or the like).
+
+    ``model_or_config``: a model (its ``.config``), a transformers config or a dict. ``max_len`` (e.g.
+    vLLM's ``max_model_len``) lowers it. None when the config states no limit.
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    limits = [v for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+              if isinstance(v := get(k), int) and v > 0][:1]
+    if max_len:
+        limits.append(int(max_len))
+    return min(limits) if limits else None
+
+
+def check_context_length(model_or_config, tokenizer, prompts: Sequence, max_new_tokens: int, *,
+                         source: str = "the prompts", max_len: int | None = None) -> int | None:
+    """UserError when the longest prompt plus ``max_new_tokens`` exceeds the model's context.
+
+    ``prompts``: problems (their ``.prompt``) or strings, tokenised as the engines do
+    (``add_special_tokens=False``). The error names the longest prompt's position in ``source`` and
+    its id, its length in tokens and the limit. Returns the longest prompt's length (None: no prompts).
+    Beyond ``max_position_embeddings`` a model computes garbage, or allocates memory for a sequence it
+    cannot process; refusing here costs one tokenizer pass.
+    """
+    limit = context_limit(model_or_config, max_len)
+    if not prompts:
+        return None
+    texts = [p if isinstance(p, str) else p.prompt for p in prompts]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    i = max(range(len(lengths)), key=lengths.__getitem__)
+    if limit is not None and lengths[i] + max_new_tokens > limit:
+        pid = "" if isinstance(prompts[i], str) else f" (id {getattr(prompts[i], 'id', '?')})"
+        raise UserError(f"prompt {i}{pid} of {source} is {lengths[i]} tokens long; with --max-new-tokens "
+                        f"{max_new_tokens} that is {lengths[i] + max_new_tokens} tokens, more than the model's "
+                        f"context of {limit} (max_position_embeddings); shorten or drop that prompt, or lower "
+                        f"--max-new-tokens (prompt starts {shorten(texts[i][:80], 100)})")
+    return lengths[i]
 
 
 def is_adapter_folder(path: str | Path) -> bool:
@@ -138,8 +250,6 @@ def is_adapter_folder(path: str | Path) -> bool:
 
 def _load_adapter(folder: Path, *, dtype, device, trainable: bool, gradient_checkpointing: bool):
     """``(model, tokenizer)`` for a saved peft adapter: the base model named in adapter_config.json + the adapter."""
-    import json
-
     from peft import PeftModel
 
     config = folder / "adapter_config.json"

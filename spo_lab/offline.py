@@ -337,7 +337,7 @@ def import_official_values(path: str | Path, problems, *, missing: str = "error"
     and a problem that is absent from the file (or has an empty list) is never silently given weight 0,
     as the recipe's sampler does (``prompt2weight.get(p, 0.0)``):
 
-    - ``missing="error"`` (default): ValueError naming how many are missing and one example;
+    - ``missing="error"`` (default): a UserError (a ValueError) naming how many are missing and one example;
     - ``missing="prior"``: trials 0 for them, which :meth:`ValueTracker.init_from_counts` maps to its
       prior alpha = beta = 0.5 (a warning says how many).
 
@@ -345,12 +345,25 @@ def import_official_values(path: str | Path, problems, *, missing: str = "error"
     With ``binarize=False`` scores are summed as they are and must lie in [0, 1].
     Returns ``(successes, trials)``, plus :class:`ImportStats` with ``return_stats=True``.
     """
+    from .errors import UserError  # every error below is about the file the user gave: one readable line
+
     if missing not in ("error", "prior"):
         raise ValueError(f"missing must be 'error' or 'prior', got {missing!r}")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"offline values file {path} does not exist") from None
+    except OSError as err:
+        raise UserError(f"offline values file {path} cannot be read ({err.strerror or err})") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"offline values file {path} is not valid JSON ({err.msg} at line {err.lineno}, "
+                        f"column {err.colno}); expected {{prompt text: [scores...]}}") from None
+    except ValueError as err:  # bad UTF-8, or a number beyond Python's digit limit
+        raise UserError(f"offline values file {path} is not readable ({type(err).__name__}: "
+                        f"{str(err)[:120]})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object {{prompt text: [scores...]}}, got {type(data).__name__}")
+        raise UserError(f"{path}: expected a JSON object {{prompt text: [scores...]}}, got {type(data).__name__}")
     rng = np.random.default_rng(seed)
     P = len(problems)
     succ = torch.zeros(P, dtype=torch.float64)
@@ -365,7 +378,7 @@ def import_official_values(path: str | Path, problems, *, missing: str = "error"
             continue
         if not isinstance(vals, list) or any(isinstance(v, bool) or not isinstance(v, (int, float))
                                              or math.isnan(v) for v in vals):
-            raise ValueError(f"{path}: scores of {k[:80]!r} must be a list of numbers, got {vals!r:.120}")
+            raise UserError(f"{path}: scores of {k[:80]!r} must be a list of numbers, got {vals!r:.120}")
         if max_scores is not None and len(vals) > max_scores:
             vals = [vals[j] for j in sorted(rng.choice(len(vals), size=max_scores, replace=False))]
             subsampled += 1
@@ -373,7 +386,7 @@ def import_official_values(path: str | Path, problems, *, missing: str = "error"
             s = float(sum(v > 0 for v in vals))
         else:
             if any(v < 0 or v > 1 for v in vals):
-                raise ValueError(f"{path}: scores of {k[:80]!r} outside [0, 1] with binarize=False")
+                raise UserError(f"{path}: scores of {k[:80]!r} outside [0, 1] with binarize=False")
             s = float(sum(vals))
         succ[i], trials[i] = s, float(len(vals))
     wanted = set(keys)
@@ -383,7 +396,7 @@ def import_official_values(path: str | Path, problems, *, missing: str = "error"
         msg = (f"{len(absent)} of {P} prompts are missing from {path} (or have no scores), e.g. problem "
                f"{getattr(ex, 'id', absent[0])} keyed {keys[absent[0]][:80]!r}")
         if missing == "error":
-            raise ValueError(msg + "; pass missing='prior' to start them from the tracker's prior (alpha = beta = 0.5)")
+            raise UserError(msg + "; pass missing='prior' to start them from the tracker's prior (alpha = beta = 0.5)")
         warnings.warn(msg + "; they start from the tracker's prior (alpha = beta = 0.5)")
     if extra:
         warnings.warn(f"{extra} entries of {path} match none of the {P} problems (ignored)")

@@ -53,6 +53,7 @@ from dataclasses import fields as fields_of
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError, shorten
 from .base import content_id
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "generate_problems",
     "save_problems",
     "load_problems",
+    "data_folder",
     "parse_answer",
     "reward",
 ]
@@ -244,50 +246,77 @@ def save_problems(problems: Iterable[Problem], path: str | Path) -> None:
             f.write(json.dumps(asdict(problem)) + "\n")
 
 
+def data_folder(data: str | Path | None) -> Path:
+    """The folder of an arith data set: ``data`` itself, or the folder of a split file given instead.
+
+    The arith data are one folder of ``train.jsonl`` / ``validation.jsonl`` / ``test.jsonl``; a path to
+    one of those files (``--data-dir data/arith/train.jsonl``) stands for its folder, so every split
+    comes from beside it. Any other file is refused with a UserError saying what the folder must hold.
+    """
+    if data is None or str(data) == "":
+        return DEFAULT_DATA_DIR
+    p = Path(data).expanduser()
+    if p.is_file():
+        if p.name in {f"{s}.jsonl" for s in SPLITS}:
+            return p.parent
+        raise UserError(f"arith data {str(p)!r} is a file; the arith task reads a folder holding "
+                        f"{', '.join(s + '.jsonl' for s in SPLITS)} (a path to one of those files stands for "
+                        "its folder): put the problems in a folder as train.jsonl and pass that folder")
+    return p
+
+
 def load_problems(split: str, data_dir: str | Path | None = None) -> list[Problem]:
     """Load ``train``, ``validation`` or ``test`` problems from ``<data_dir>/<split>.jsonl``, checking every line.
 
-    ``data_dir`` defaults to ``DEFAULT_DATA_DIR`` (the repository's ``data/arith``). The order of
-    the file is kept; the trainer addresses prompts by their position in this list.
+    ``data_dir`` defaults to ``DEFAULT_DATA_DIR`` (the repository's ``data/arith``); a path to one of
+    the split files stands for its folder (:func:`data_folder`). The order of the file is kept; the
+    trainer addresses prompts by their position in this list.
 
     Each line must be a JSON object with exactly the fields of :class:`Problem`; its ``id`` must be
     ``problem_id(prompt)``, its prompt the operands joined by ``+`` and its answer their sum in
-    canonical form. A duplicate prompt, or a prompt shared with an earlier split of the same folder
-    (validation with train; test with train or validation), is an error. Every error names the file
-    and the line.
+    canonical form; its level's digit counts must be those of the operands (``LEVELS``). A duplicate
+    prompt, or a prompt shared with an earlier split of the same folder (validation with train; test
+    with train or validation), is an error. Every error is a UserError naming the file and the line,
+    and quotes what it found cut to about 200 characters (a bad 1 MB line is not echoed in full).
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    folder = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir)
+        raise UserError(f"unknown split {shorten(split, 80)}; the arith task's splits are {SPLITS}")
+    folder = data_folder(data_dir)
     path = folder / f"{split}.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no {split} problems at {path}; rebuild them with "
-            "`python scripts/build_tiny_model.py --seed 0 --out data` or pass data_dir="
-        )
+        raise FileNotFoundError(f"no {split} problems at {path}; an arith data folder holds "
+                                f"{', '.join(s + '.jsonl' for s in SPLITS)} (`python scripts/build_tiny_model.py "
+                                "--seed 0 --out data` writes the bundled ones)")
     fields = [f.name for f in fields_of(Problem)]
     problems, first_line = [], {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{n}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+                raise UserError(f"{where}: not valid JSON ({err.msg} at column {err.colno}; the line is "
+                                f"{len(line)} characters: {shorten(line.rstrip(), 120)})") from None
+            except ValueError as err:  # e.g. an integer longer than Python's 4300-digit limit
+                raise UserError(f"{where}: not readable ({shorten(str(err), 120)})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
             for key in fields:
                 if key not in row:
-                    raise ValueError(f"{where}: missing field {key!r}")
+                    raise UserError(f"{where}: missing field {key!r}")
             for key in row:
                 if key not in fields:
-                    raise ValueError(f"{where}: unknown field {key!r} (fields: {fields})")
+                    raise UserError(f"{where}: unknown field {shorten(key, 80)} (fields: {fields})")
             problems.append(_checked_problem(row, where))
             prompt = problems[-1].prompt
             if prompt in first_line:
-                raise ValueError(f"{where}: duplicate prompt {prompt!r} (first on line {first_line[prompt]})")
+                raise UserError(f"{where}: duplicate prompt {shorten(prompt)} (first on line {first_line[prompt]})")
             first_line[prompt] = n
     for other in SPLITS[: SPLITS.index(split)]:  # held-out prompts must not be trained (or tuned) on
         if not (folder / f"{other}.jsonl").is_file():
@@ -295,30 +324,36 @@ def load_problems(split: str, data_dir: str | Path | None = None) -> list[Proble
         other_prompts = {p.prompt for p in load_problems(other, folder)}
         for p in problems:
             if p.prompt in other_prompts:
-                raise ValueError(f"{path}:{first_line[p.prompt]}: prompt {p.prompt!r} is also in {other}.jsonl "
-                                 f"(the splits must be disjoint)")
+                raise UserError(f"{path}:{first_line[p.prompt]}: prompt {shorten(p.prompt)} is also in "
+                                f"{other}.jsonl (the splits must be disjoint)")
     return problems
 
 
 def _checked_problem(row: dict, where: str) -> Problem:
-    """A Problem from a JSON row whose id, prompt, answer and derived fields agree (ValueError otherwise)."""
+    """A Problem from a JSON row whose id, prompt, answer, level and derived fields agree (UserError otherwise)."""
     ops = row["operands"]
-    if not (isinstance(ops, list) and len(ops) >= 2 and all(isinstance(x, int) and x >= 0 for x in ops)):
-        raise ValueError(f"{where}: operands must be a list of >= 2 non-negative integers, got {ops!r}")
+    if not (isinstance(ops, list) and len(ops) >= 2 and all(type(x) is int and x >= 0 for x in ops)):
+        raise UserError(f"{where}: operands must be a list of >= 2 non-negative integers, got {shorten(ops)}")
+    level = row["level"]
+    if type(level) is not int or level not in LEVELS:
+        raise UserError(f"{where}: unknown level {shorten(level, 40)}; known levels: {sorted(LEVELS)}")
+    digits = sorted((len(str(x)) for x in ops), reverse=True)
+    if digits != sorted(LEVELS[level], reverse=True):
+        raise UserError(f"{where}: level {level} means operands of {LEVELS[level]} digits, but the operands "
+                        f"{shorten(ops, 120)} have {tuple(digits)}")
     if not isinstance(row["answer"], str) or not _CANONICAL_INTEGER.fullmatch(row["answer"]):
-        raise ValueError(f"{where}: answer {row['answer']!r} is not a canonical integer")
-    expected = make_problem(ops, row["level"])
+        raise UserError(f"{where}: answer {shorten(row['answer'])} is not a canonical integer")
+    expected = make_problem(ops, level)
     if row["prompt"] != expected.prompt:
-        raise ValueError(f"{where}: prompt {row['prompt']!r} does not match the operands {ops}")
+        raise UserError(f"{where}: prompt {shorten(row['prompt'])} does not match the operands {shorten(ops, 120)}")
     if row["answer"] != expected.answer:
-        raise ValueError(f"{where}: answer {row['answer']!r} is not the sum of {ops} ({expected.answer})")
+        raise UserError(f"{where}: answer {shorten(row['answer'])} is not the sum of {ops} ({expected.answer})")
     if row["id"] != expected.id:
-        raise ValueError(f"{where}: id {row['id']!r} does not match the prompt's content id {expected.id!r}")
-    if row["level"] not in LEVELS:
-        raise ValueError(f"{where}: unknown level {row['level']!r}; known levels: {sorted(LEVELS)}")
+        raise UserError(f"{where}: id {shorten(row['id'], 60)} does not match the prompt's content id {expected.id!r}")
     if (row["n_digits"], row["n_carries"]) != (expected.n_digits, expected.n_carries):
-        raise ValueError(f"{where}: n_digits / n_carries {row['n_digits']}, {row['n_carries']} disagree with the "
-                         f"operands ({expected.n_digits}, {expected.n_carries})")
+        raise UserError(f"{where}: n_digits / n_carries {shorten(row['n_digits'], 40)}, "
+                        f"{shorten(row['n_carries'], 40)} disagree with the operands "
+                        f"({expected.n_digits}, {expected.n_carries})")
     return expected
 
 
@@ -359,15 +394,18 @@ class ArithTask:
     """Graded addition behind the task protocol (:mod:`spo_lab.tasks.base`).
 
     Args:
-        data: folder with ``train.jsonl`` / ``validation.jsonl`` / ``test.jsonl`` (default: the bundled ``data/arith``).
+        data: folder with ``train.jsonl`` / ``validation.jsonl`` / ``test.jsonl`` (default: the bundled
+            ``data/arith``), or one of those files, which stands for its folder.
         tokenizer: accepted for the protocol's sake and unused: prompts are plain text, no template.
     """
 
     name = "arith"
     group_key = "level"
+    splits = SPLITS
+    """What ``load`` accepts: checked against ``--eval-split`` before the model loads."""
 
     def __init__(self, data: str | Path | None = None, *, tokenizer=None):
-        self.data_dir = Path(data) if data else DEFAULT_DATA_DIR
+        self.data_dir = data_folder(data)
 
     def load(self, split: str) -> list[Problem]:
         return load_problems(split, self.data_dir)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .base import Problem, content_id
 from .math_reward import extract_answer, math_dapo_extract, math_dapo_reward, score_batch
 
@@ -110,6 +111,12 @@ class DedupStats:
 
 
 # ----------------------------------------------------------------------------- reading
+class DataColumnError(UserError, KeyError):
+    """A data file without the columns its schema needs: a KeyError (a missing key) that reads as a message."""
+
+    __str__ = BaseException.__str__  # KeyError's own would quote the whole message
+
+
 def load_hf(source: str | Path, *, config: str | None = None, split: str = "train", cache_dir: str | None = None):
     """A ``datasets.Dataset`` from a hub id or a local path (file, repo-like folder, save_to_disk folder).
 
@@ -122,7 +129,7 @@ def load_hf(source: str | Path, *, config: str | None = None, split: str = "trai
     if p.is_file():
         kind = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(p.suffix.lower())
         if kind is None:
-            raise ValueError(f"{p}: unsupported file type {p.suffix!r}; use .parquet, .jsonl, .json or .csv")
+            raise UserError(f"{p}: unsupported file type {p.suffix!r}; use .parquet, .jsonl, .json or .csv")
         call = lambda: datasets.load_dataset(kind, data_files={split: str(p)}, split=split, cache_dir=cache_dir)  # noqa: E731
     elif p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
         def call():
@@ -141,13 +148,13 @@ def load_hf(source: str | Path, *, config: str | None = None, split: str = "trai
         raise ConnectionError(f"could not reach the Hugging Face hub for {source!r}; pass a local path "
                               f"(a folder or a .parquet/.jsonl file) instead. ({e})") from e
     except ValueError as e:  # e.g. an unknown split or config
-        raise ValueError(f"could not load {source} (config={config}, split={split}): {e}") from e
+        raise UserError(f"could not load {source} (config={config}, split={split}): {e}") from e
 
 
 def _require(ds, columns: Iterable[str], where) -> None:
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        raise KeyError(f"{where}: missing column(s) {missing}; the file has columns {ds.column_names}")
+        raise DataColumnError(f"{where}: missing column(s) {missing}; the file has columns {ds.column_names}")
 
 
 def _rows(ds, columns: Sequence[str], batch_size: int = 20_000):
@@ -200,7 +207,7 @@ def load_training_rows(source: str | Path = "dapo", *, config: str | None = None
     elif "problem" in cols and "answer" in cols:  # generic
         need, get = ["problem", "answer"], lambda r: (r["problem"], r["answer"])
     else:
-        raise KeyError(f"{where}: cannot tell the schema; need columns (prompt, solution) [processed], "
+        raise DataColumnError(f"{where}: cannot tell the schema; need columns (prompt, solution) [processed], "
                        f"(prompt, reward_model) [raw] or (problem, answer); the file has {ds.column_names}")
     extra = [c for c in ("data_source", "source", "extra_info") if c in cols]
     seen: set[str] = set()
@@ -239,7 +246,7 @@ def load_benchmark_rows(name: str, *, path: str | Path | None = None, cache_dir:
     replaces the hub id with a local copy.
     """
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known benchmarks: {sorted(BENCHMARKS)}")
+        raise UserError(f"unknown benchmark {name!r}; known benchmarks: {sorted(BENCHMARKS)}")
     spec = BENCHMARKS[name]
     where = path if path is not None else spec.hub_id
     ds = load_hf(where, split=spec.split, cache_dir=cache_dir)
@@ -271,7 +278,7 @@ def format_prompt(problem: str, *, tokenizer=None, thinking: bool = False, style
     elif style == "official":
         msg = (raw_prompt if raw_prompt is not None else problem) + OFFICIAL_ANSWER_FORMAT
     else:
-        raise ValueError(f"unknown prompt style {style!r}; known styles: ['boxed', 'official']")
+        raise UserError(f"unknown prompt style {style!r}; known styles: ['boxed', 'official']")
     if _has_chat_template(tokenizer):
         return tokenizer.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
                                              add_generation_prompt=True, enable_thinking=thinking)
@@ -318,6 +325,8 @@ class MathTask:
 
     name = "math"
     group_key = "source"
+    splits = ("train", "validation", "test", *BENCHMARKS)
+    """What ``load`` accepts: checked against ``--eval-split`` before the model loads."""
 
     def __init__(self, data: str | Path | None = "dapo", *, tokenizer=None, thinking: bool = False, config: str | None = None,
                  reward: str = "math-verify", validation_size: int | float = 256,
@@ -325,18 +334,18 @@ class MathTask:
                  style: str = "boxed", timeout: float = 5.0, workers: int | None = None,
                  cache_dir: str | None = None):
         if reward not in ("math-verify", "math_dapo"):
-            raise ValueError(f"unknown reward {reward!r}; known rewards: ['math-verify', 'math_dapo']")
+            raise UserError(f"unknown reward {reward!r}; known rewards: ['math-verify', 'math_dapo']")
         if reward == "math-verify" and importlib.util.find_spec("math_verify") is None:
             raise ImportError("reward='math-verify' needs the math-verify package: pip install 'math-verify>=0.8'")
         if style not in ("boxed", "official"):
-            raise ValueError(f"unknown prompt style {style!r}; known styles: ['boxed', 'official']")
+            raise UserError(f"unknown prompt style {style!r}; known styles: ['boxed', 'official']")
         tests = [test] if isinstance(test, str) else list(test)
         for b in [*tests, *(benchmark_paths or {})]:
             if b not in BENCHMARKS:
-                raise ValueError(f"unknown benchmark {b!r}; known benchmarks: {sorted(BENCHMARKS)}")
+                raise UserError(f"unknown benchmark {b!r}; known benchmarks: {sorted(BENCHMARKS)}")
         if isinstance(validation_size, bool) or not isinstance(validation_size, (int, float)) or not (
                 isinstance(validation_size, int) and validation_size >= 0 or 0 < validation_size < 1):
-            raise ValueError(f"validation_size must be an int >= 0 or a fraction in (0, 1), got {validation_size!r}")
+            raise UserError(f"validation_size must be an int >= 0 or a fraction in (0, 1), got {validation_size!r}")
         self.source, self.config, self.reward, self.style = data or "dapo", config, reward, style
         self.tokenizer, self.thinking, self.timeout, self.workers = tokenizer, thinking, timeout, workers
         self.validation_size, self.test, self.cache_dir = validation_size, tests, cache_dir
@@ -365,7 +374,7 @@ class MathTask:
             return [Problem(r.id, self.prompt(r), r.answer, dict(r.meta)) for r in self._train_splits()[split]]
         names = self.test if split == "test" else [split] if split in BENCHMARKS else None
         if names is None:
-            raise ValueError(f"unknown split {split!r}; known splits: ['train', 'validation', 'test', "
+            raise UserError(f"unknown split {split!r}; known splits: ['train', 'validation', 'test', "
                              f"{', '.join(repr(b) for b in BENCHMARKS)}]")
         out: list[Problem] = []
         for b in names:
