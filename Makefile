@@ -1,5 +1,5 @@
 # Shortcuts; each target is exactly a command from the README.
-.PHONY: demo quick sweep readme test notebooks bench
+.PHONY: demo quick sweep readme test notebooks lab browser-check bench
 
 demo:      ## the main job: SPO vs GRPO, each at its tuned lr, 3 seeds, <= 15 min on 2 CPU cores
 	python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python -m spo_lab.experiment
@@ -18,6 +18,12 @@ test:      ## unit tests + every notebook under nbval (ci profile)
 
 notebooks: ## re-execute every notebook in place with the default profile (stored outputs)
 	.venv/bin/python scripts/run_notebooks.py
+
+lab:       ## install what every notebook needs and open them in JupyterLab
+	python3 -m venv .venv && .venv/bin/pip install -e ".[notebooks]" && .venv/bin/jupyter lab notebooks
+
+browser-check: ## every notebook run through JupyterLab in headless Chromium (ci profile); see the script for needs
+	.venv/bin/python scripts/check_notebooks_in_browser.py
 
 bench:     ## tracker + sampler speed at 10 million prompts
 	.venv/bin/python benchmarks/bench_tracker.py
