@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from .base import Rollouts, encode_prompts
 
@@ -84,3 +84,85 @@ class HFEngine:
             prompt_ids=ids, prompt_mask=mask, response_ids=resp, response_mask=resp_mask,
             logprobs=logp, texts=texts, truncated=~is_eos.any(dim=1),
         )
+
+    @torch.no_grad()
+    def continue_tokens(
+        self, prefixes: list[list[int]], *, max_new_tokens: int | list[int], temperature: float = 1.0,
+        greedy: bool = False, top_k: int = 0, top_p: float = 1.0, stop: str | None = None,
+    ) -> list:
+        """Continue each token sequence of ``prefixes`` (no padding) by one turn, in one batched call.
+
+        A row ends at <eos>, at the token that completes ``stop`` in the decoded text of its new tokens
+        (that token is kept), or after its own ``max_new_tokens`` (an int for all rows, or one per row).
+        Returns one :class:`spo_lab.tools.engine.Turn` per prefix: the new token ids, their log-probs under
+        the temperature-scaled distribution (untruncated, exactly as :meth:`generate`), and why it ended.
+        The prefixes are left-padded into one batch; positions count real tokens only, as in
+        :meth:`generate`, so the log-probs are those :func:`spo_lab.models.token_logprobs` gives on the
+        whole sequence. A row is stopped by decoding the tail of its new tokens after each step (any
+        tokenizer; ``transformers``' own ``stop_strings`` needs a vocabulary that can spell "abcdef");
+        the batch runs on until every row has ended, and :func:`spo_lab.tools.engine.cut_turn` cuts each
+        row exactly.
+        """
+        from ..tools.engine import Turn, cut_turn
+
+        R = len(prefixes)
+        budgets = [int(max_new_tokens)] * R if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]
+        if len(budgets) != R:
+            raise ValueError(f"{len(budgets)} budgets for {R} prefixes")
+        if not greedy and temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling (use greedy=True for argmax)")
+        if any(len(p) == 0 for p in prefixes):
+            raise ValueError("every prefix needs at least one token")
+        turns: list = [Turn([], [], "length") for _ in range(R)]
+        rows = [r for r in range(R) if budgets[r] > 0]
+        if not rows:
+            return turns
+        tok = self.tokenizer
+        P = max(len(prefixes[r]) for r in rows)
+        ids = torch.full((len(rows), P), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), P), dtype=torch.long)
+        for i, r in enumerate(rows):
+            p = prefixes[r]
+            ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, P - len(p) :] = 1
+        device = next(self.model.parameters()).device
+        sampling = {} if greedy else {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        gen_cfg = GenerationConfig(
+            do_sample=not greedy, **sampling, max_new_tokens=max(budgets[r] for r in rows),
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, return_dict_in_generate=True,
+            output_logits=True,
+        )
+        criteria = StoppingCriteriaList([_StopString(tok, stop, P)]) if stop else None
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
+                                  stopping_criteria=criteria)
+        self.model.train(was_training)
+
+        new = out.sequences[:, P:].cpu()
+        scale = 1.0 if greedy else temperature
+        logp = torch.stack([torch.log_softmax(step.float().cpu() / scale, dim=-1).gather(-1, new[:, t : t + 1])
+                            .squeeze(-1) for t, step in enumerate(out.logits)], dim=1)
+        for i, r in enumerate(rows):
+            row = new[i].tolist()
+            k, reason = cut_turn(tok, row, stop, budget=budgets[r])
+            turns[r] = Turn(row[:k], logp[i, :k].tolist(), reason)
+        return turns
+
+
+class _StopString(StoppingCriteria):
+    """Ends a row once ``stop`` appears in the decoded text of its last few new tokens (those after
+    position ``start``): enough tokens to spell the stop string even one byte per token, plus a margin."""
+
+    def __init__(self, tokenizer, stop: str, start: int):
+        self.tokenizer, self.stop, self.start = tokenizer, stop, start
+        self.window = 4 * len(stop.encode("utf-8")) + 4
+        self.done: set[int] = set()
+
+    def __call__(self, input_ids: Tensor, scores, **kwargs) -> Tensor:
+        tail = input_ids[:, self.start :][:, -self.window :].tolist()
+        for i, row in enumerate(tail):
+            if i not in self.done and self.stop in self.tokenizer.decode(
+                    row, skip_special_tokens=False, clean_up_tokenization_spaces=False):
+                self.done.add(i)
+        return torch.tensor([i in self.done for i in range(len(tail))], dtype=torch.bool, device=input_ids.device)

@@ -273,6 +273,68 @@ class VLLMEngine:
             logprobs=logp, texts=texts, truncated=~is_eos.any(dim=1),
         )
 
+    def continue_tokens(
+        self, prefixes: list[list[int]], *, max_new_tokens: int | list[int], temperature: float = 1.0,
+        greedy: bool = False, top_k: int = 0, top_p: float = 1.0, stop: str | None = None,
+    ) -> list:
+        """Continue each token sequence of ``prefixes`` (no padding) by one turn; the same contract as
+        :meth:`spo_lab.engines.hf.HFEngine.continue_tokens`.
+
+        One request per prefix (``TokensPrompt`` of its ids: a tool turn continues the same tokens, and
+        vLLM's prefix cache reuses the earlier turns' KV blocks), seeded as :meth:`generate` seeds its rows
+        (one draw from torch's global generator per call, then one seed per row). A row stops at <eos>, at
+        ``stop`` (``SamplingParams.stop`` with ``include_stop_str_in_output``; vLLM then detokenises that
+        request to find it) or after its own ``max_new_tokens``; :func:`spo_lab.tools.engine.cut_turn` then
+        cuts every row exactly as ``HFEngine`` does: up to and including the token that completes ``stop``.
+        Log-probs: vLLM's processed ones, as in :meth:`generate` (temperature-scaled; truncated by
+        top_k / top_p when those are on, with the same one-time warning).
+        """
+        from ..tools.engine import Turn, cut_turn
+
+        R = len(prefixes)
+        budgets = [int(max_new_tokens)] * R if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]
+        if len(budgets) != R:
+            raise ValueError(f"{len(budgets)} budgets for {R} prefixes")
+        if not greedy and temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling (use greedy=True for argmax)")
+        if any(len(p) == 0 for p in prefixes):
+            raise ValueError("every prefix needs at least one token")
+        turns: list = [Turn([], [], "length") for _ in range(R)]
+        rows = [r for r in range(R) if budgets[r] > 0]
+        if not rows:
+            return turns
+        tok = self.tokenizer
+        truncating = not greedy and (top_k > 0 or top_p < 1.0)
+        if truncating and not self._warned_truncated:
+            warnings.warn("VLLMEngine with top_k/top_p: the returned log-probs are those of the truncated, "
+                          "renormalised distribution (vLLM processed_logprobs), not the untruncated one; do not "
+                          "train on these rollouts", stacklevel=2)
+            self._warned_truncated = True
+
+        draw = int(torch.randint(0, 2**62, (1,)).item())
+        common = dict(logprobs=0, skip_special_tokens=True, stop_token_ids=[tok.eos_token_id])
+        if stop:  # stop strings are matched on the detokenised text
+            common.update(stop=[stop], include_stop_str_in_output=True, detokenize=True)
+        else:
+            common.update(detokenize=False)
+        params = []
+        for i, r in enumerate(rows):
+            if greedy:
+                params.append(SamplingParams(temperature=0.0, max_tokens=budgets[r], **common))
+            else:
+                params.append(SamplingParams(temperature=float(temperature), top_k=int(top_k) if top_k > 0 else 0,
+                                             top_p=float(top_p), seed=_mix_seed(self.seed, draw, i),
+                                             max_tokens=budgets[r], **common))
+        requests = [TokensPrompt(prompt_token_ids=[int(t) for t in prefixes[r]]) for r in rows]
+        outs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self.lora_request)
+        for r, o in zip(rows, outs):
+            c = o.outputs[0]
+            t_ids = [int(t) for t in c.token_ids]
+            lps = [float(lp[t].logprob) for lp, t in zip(c.logprobs, t_ids)]
+            k, reason = cut_turn(tok, t_ids, stop, budget=budgets[r])
+            turns[r] = Turn(t_ids[:k], lps[:k], reason)
+        return turns
+
     # ------------------------------------------------------------------------------------------ weight sync
     def sync_weights(self, model) -> None:
         """Make the following :meth:`generate` calls sample from ``model``'s current weights.
