@@ -4,7 +4,7 @@ benchmark protocol as a command line.
 Entry points:
 
 - :func:`accuracy` -- what the trainer logs every ``eval_every`` steps: greedy and one-sample accuracy
-  on held-out problems, overall and per metadata group (the task's ``group_key``, e.g. level).
+  on held-out problems, overall and per metadata group (the task's ``breakdown_key``, e.g. level).
 - :func:`sample_answers` + :func:`pass_and_maj_curves` -- the paper's protocol (the SPO paper):
   n samples per problem at temperature 0.6, top_p 0.95, top_k 20, then maj@k, avg@n and unbiased
   pass@k curves.
@@ -32,7 +32,7 @@ Metrics, per benchmark of P problems with n samples each, c_i of them correct fo
 - 95 % intervals: percentile bootstrap over problems (resampled with replacement, ``--bootstrap``
   resamples, seeded); the average over benchmarks resamples each benchmark independently.
 
-Correctness is ``task.score`` (> 0.5) and the voted answer ``task.extract``: nothing here re-implements a
+Correctness is ``task.reward`` (> 0.5) and the voted answer ``task.extract``: nothing here re-implements a
 task's answer check. Sampling runs on a forked, seeded RNG (:func:`spo_lab.engines.base.seeded`), so
 evaluating never changes a training run's random stream; each benchmark has its own seed (derived from
 ``--seed`` and its name), so skipping or resuming one never changes another.
@@ -55,6 +55,7 @@ import torch
 from .engines.base import seeded
 from .errors import UserError, cli_main
 from .metrics import maj_at_k, pass_at_k
+from .tasks.base import breakdown_key
 
 __all__ = ["accuracy", "sample_answers", "sample_completions", "pass_and_maj_curves", "PAPER_EVAL", "PAPER_MAJ32",
            "PAPER_AVG32_MEAN", "powers_of_two", "benchmark_metrics", "summarize", "evaluate_benchmarks",
@@ -85,18 +86,18 @@ def accuracy(engine, task, problems, *, temperature: float, max_new_tokens: int,
     avg@k is the mean reward over k samples per problem, then over problems: an unbiased estimate of
     the expected one-sample accuracy, with less noise than one sample. Keys: ``{prefix}/greedy_acc``,
     ``{prefix}/sampled_acc`` (the avg@k), and ``{prefix}/greedy_acc/{key}={value}`` (likewise sampled)
-    for each value of the task's ``group_key`` metadata, when it has one.
+    for each value of the task's ``breakdown_key`` metadata, when it has one.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     prompts = [p.prompt for p in problems]
-    key = getattr(task, "group_key", None)
+    key = breakdown_key(task)
     out: dict[str, float] = {}
     with seeded(seed, device):
         for name, greedy, n in (("greedy", True, 1), ("sampled", False, samples)):
             r = engine.generate(prompts, n, temperature=temperature, max_new_tokens=max_new_tokens, greedy=greedy)
             rows = [p for p in problems for _ in range(n)]  # engine rows: each problem's n responses in a row
-            scores = torch.tensor(task.score(r.texts, rows), dtype=torch.float64).view(len(problems), n).mean(1)
+            scores = torch.tensor(task.reward(r.texts, rows), dtype=torch.float64).view(len(problems), n).mean(1)
             out[f"{prefix}/{name}_acc"] = float(scores.mean())
             if key:
                 groups: dict = defaultdict(list)
@@ -114,7 +115,7 @@ def sample_completions(engine, task, problems, n: int = 32, *, temperature: floa
 
     Generation goes in chunks of ``max(1, batch // n)`` problems (``batch`` responses per engine call).
     Returns a dict of ``[problems, n]`` arrays: ``texts`` (object), ``answers`` (object,
-    ``task.extract``, None when a completion gives none), ``rewards`` (float64, ``task.score``) and
+    ``task.extract``, None when a completion gives none), ``rewards`` (float64, ``task.reward``) and
     ``truncated`` (bool, no <eos> within ``max_new_tokens``; False where the engine does not say).
     """
     if n < 1:
@@ -131,7 +132,7 @@ def sample_completions(engine, task, problems, n: int = 32, *, temperature: floa
             rows = slice(s, s + len(chunk))
             out["texts"][rows] = np.array(list(r.texts), dtype=object).reshape(-1, n)
             out["answers"][rows] = np.array([task.extract(t) for t in r.texts], dtype=object).reshape(-1, n)
-            scores = task.score(r.texts, [p for p in chunk for _ in range(n)])
+            scores = task.reward(r.texts, [p for p in chunk for _ in range(n)])
             out["rewards"][rows] = np.asarray(scores, dtype=np.float64).reshape(-1, n)
             if r.truncated is not None:
                 out["truncated"][rows] = r.truncated.numpy().astype(bool).reshape(-1, n)
@@ -145,7 +146,7 @@ def sample_answers(engine, task, problems, n: int = 32, *, temperature: float = 
     Returns:
         ``(answers, correct)``: an object array ``[problems, n]`` of extracted answers
         (``task.extract``; None when a completion gives none) and a bool array ``[problems, n]``
-        (``task.score`` > 0.5).
+        (``task.reward`` > 0.5).
     """
     s = sample_completions(engine, task, problems, n, temperature=temperature, top_p=top_p, top_k=top_k,
                            max_new_tokens=max_new_tokens, batch=batch, seed=seed, device=device)
@@ -318,16 +319,20 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_pass_at_k(summary: dict, path) -> None:
+def plot_benchmark_pass_at_k(summary: dict, path) -> None:
     """``pass_at_k.png``: one panel per benchmark (and the average), pass@k and maj@k with 95 % bands, and the
     paper's maj@32 (its Qwen3-8B result) as labelled markers at k = 32; one legend below the panels."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any process
 
-    colors = {"pass": "#222222", "maj": "#009E73", "grpo": "#D55E00", "spo": "#0072B2"}  # spo_lab's GRPO, SPO
+    from .palette import DPI, METHOD_COLORS, OTHER_COLORS
+
+    # the one palette: SPO's and GRPO's colours as in every other figure; the curves in neutral colours
+    colors = {"pass": OTHER_COLORS["oracle"], "maj": METHOD_COLORS["spo-no-init"], "grpo": METHOD_COLORS["grpo"],
+              "spo": METHOD_COLORS["spo"]}
     rows = {**summary["benchmarks"], **({"average": summary["average"]} if "average" in summary else {})}
     ncols = min(3, len(rows))
     nrows = -(-len(rows) // ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), dpi=120)
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), dpi=max(DPI, 120))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     handles = {}
     for ax, (b, d) in zip(axes, rows.items()):
@@ -357,7 +362,7 @@ def plot_pass_at_k(summary: dict, path) -> None:
         ax.set_visible(False)
     from matplotlib.patches import Patch
 
-    handles["shaded: 95 % bootstrap interval over problems"] = Patch(color="#888888", alpha=0.3, lw=0)
+    handles["shaded: 95 % bootstrap interval over problems"] = Patch(color=METHOD_COLORS["paper"], alpha=0.3, lw=0)
     per_row = len(handles) if ncols >= 3 else ncols
     legend_h = 0.2 + 0.2 * -(-len(handles) // per_row)  # inches under the panels, off the data
     fig.set_size_inches(4.2 * ncols, 3.2 * nrows + legend_h)
@@ -471,7 +476,7 @@ def evaluate_benchmarks(engine, task, benchmarks: dict, out, *, n: int = 32, tem
     summary = summarize(path, benchmarks=list(benchmarks), resamples=resamples, seed=seed, settings=settings)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(summary_markdown(summary))
-    plot_pass_at_k(summary, out / "pass_at_k.png")
+    plot_benchmark_pass_at_k(summary, out / "pass_at_k.png")
     return summary
 
 
@@ -559,8 +564,8 @@ def check_out(out: Path, *, overwrite: bool, settings: dict, sampling: dict) -> 
         _run_settings(out, settings, **sampling)
 
 
-def main(argv=None) -> dict:
-    """``python -m spo_lab.evaluate``: see the module docstring; ``--help`` lists every option."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m spo_lab.evaluate`` (checked further by :func:`check_args`)."""
     p = argparse.ArgumentParser(prog="python -m spo_lab.evaluate",
                                 description="Sampled benchmark evaluation (the SPO paper): maj@k, avg@n, "
                                 "pass@k with bootstrap intervals, beside the paper's Qwen3-8B numbers.")
@@ -592,6 +597,12 @@ def main(argv=None) -> dict:
     a("--out", required=True, help="output folder (resumable)")
     a("--overwrite", action="store_true", help="remove the evaluation results already in --out and start afresh")
     a("--debug", action="store_true", help="show the traceback of an expected error (also SPO_LAB_DEBUG=1)")
+    return p
+
+
+def main(argv=None) -> dict:
+    """``python -m spo_lab.evaluate``: see the module docstring; ``--help`` lists every option."""
+    p = build_parser()
     args = p.parse_args(argv)
     try:  # every option checked before anything loads, and the error names the flag
         names = check_args(args)

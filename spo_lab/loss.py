@@ -28,22 +28,29 @@ __all__ = ["policy_loss", "aggregate", "AGG_MODES"]
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
 
-def aggregate(values: Tensor, mask: Tensor, agg: str) -> Tensor:
+def aggregate(values: Tensor, mask: Tensor, agg: str, *, total_tokens: float | None = None,
+              total_rows: int | None = None) -> Tensor:
     """Reduce per-token ``values [B, T]`` under ``mask [B, T]`` to a scalar (see module docstring).
 
     Responses without any unmasked token contribute 0; an all-masked batch gives 0, not NaN.
+    ``total_tokens`` / ``total_rows``: when these B rows are one micro-batch of a larger mini-batch
+    (gradient accumulation), the mini-batch's token count (token-mean) or row count (seq-mean-*):
+    the result is then this micro-batch's share, and the shares of all micro-batches add up to the
+    mini-batch's value. Left out, the B rows are the whole mini-batch.
     """
     m = mask.to(values.dtype)
     if agg == "token-mean":
+        if total_tokens is not None:
+            return (values * m).sum() / max(float(total_tokens), 1.0)
         return (values * m).sum() / m.sum().clamp(min=1.0)
+    if agg not in AGG_MODES:
+        raise ValueError(f"agg must be one of {AGG_MODES}, got {agg!r}")
     if values.shape[0] == 0:
         return values.sum()
     per_seq = (values * m).sum(dim=1)
-    if agg == "seq-mean-token-sum":
-        return per_seq.mean()
     if agg == "seq-mean-token-mean":
-        return (per_seq / m.sum(dim=1).clamp(min=1.0)).mean()
-    raise ValueError(f"agg must be one of {AGG_MODES}, got {agg!r}")
+        per_seq = per_seq / m.sum(dim=1).clamp(min=1.0)
+    return per_seq.sum() / total_rows if total_rows is not None else per_seq.mean()
 
 
 def policy_loss(
@@ -58,6 +65,8 @@ def policy_loss(
     agg: str = "token-mean",
     ref_logp: Tensor | None = None,
     kl_coef: float = 0.0,
+    total_tokens: float | None = None,
+    total_rows: int | None = None,
 ) -> tuple[Tensor, dict]:
     """Clipped policy-gradient loss with clip-higher and dual-clip.
 
@@ -71,6 +80,9 @@ def policy_loss(
         agg: one of :data:`AGG_MODES`.
         ref_logp: ``[B, T]`` reference-policy log-probs for the optional k3 KL penalty.
         kl_coef: weight of that penalty.
+        total_tokens, total_rows: the mini-batch's token and row counts when these rows are one
+            micro-batch of it (gradient accumulation, see :func:`aggregate`); the loss and every stat
+            are then this micro-batch's share, summed over the micro-batches by the caller.
 
     Returns:
         ``(loss, stats)``: a scalar tensor and a dict of floats: ``pg_loss``, ``clipfrac`` (share of
@@ -112,9 +124,10 @@ def policy_loss(
     else:
         dual_active = torch.zeros_like(clip_active)
 
-    pg_loss = aggregate(loss_tok, m, agg)
+    share = dict(total_tokens=total_tokens, total_rows=total_rows)
+    pg_loss = aggregate(loss_tok, m, agg, **share)
     loss = pg_loss
-    n_tok = m.sum().clamp(min=1.0)
+    n_tok = m.sum().clamp(min=1.0) if total_tokens is None else max(float(total_tokens), 1.0)
     with torch.no_grad():
         stats = {
             "pg_loss": float(pg_loss),
@@ -126,7 +139,7 @@ def policy_loss(
     if ref_logp is not None:
         d = (ref_logp.detach() - logp).clamp(-20.0, 20.0)
         kl_tok = torch.exp(d) - d - 1.0
-        kl = aggregate(kl_tok, m, agg)
+        kl = aggregate(kl_tok, m, agg, **share)
         stats["kl_ref"] = float(kl.detach())
         if kl_coef:
             loss = loss + kl_coef * kl

@@ -71,7 +71,7 @@ def _score_chunk(engine, task, chunk, n0: int, temperature: float, max_new_token
     """``[len(chunk), n0]`` float64 rewards: n0 samples per problem, scored by the task."""
     r = engine.generate([p.prompt for p in chunk], n0, temperature=temperature, max_new_tokens=max_new_tokens,
                         **sampling)
-    rew = torch.tensor(task.score(r.texts, [p for p in chunk for _ in range(n0)]), dtype=torch.float64)
+    rew = torch.tensor(task.reward(r.texts, [p for p in chunk for _ in range(n0)]), dtype=torch.float64)
     return rew.view(-1, n0)
 
 

@@ -233,6 +233,7 @@ def estimate_memory(
 def estimate_config(cfg, *, gpu_memory_gb: float = 80.0, dtype_bytes: int | None = None, **kwargs) -> MemoryEstimate:
     """:func:`estimate_memory` for a :class:`spo_lab.train.Config` (``dtype="auto"`` counts 2 bytes: a GPU)."""
     kw = dict(lora_rank=cfg.lora_rank, responses_per_step=cfg.responses_per_step, mini_batches=cfg.mini_batches,
+              rows_per_forward=cfg.ppo.rows_per_pass(cfg.responses_per_step),
               max_new_tokens=cfg.max_new_tokens, gradient_checkpointing=cfg.gradient_checkpointing,
               engine=cfg.engine, ref_model=cfg.kl_coef > 0, vllm_sleep=getattr(cfg, "vllm_sleep", False),
               vllm_gpu_memory_utilization=getattr(cfg, "vllm_gpu_memory_utilization", 0) or 0.5,
@@ -308,50 +309,52 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile(
         "colab", "Qwen3-0.6B + LoRA r32 on a free Colab T4 (16 GB, fp16), vLLM colocated, 1k-token responses",
         dict(_MATH, model="Qwen/Qwen3-0.6B", dtype="auto", lora_rank=32, lora_alpha=64, gradient_checkpointing=True,
-             responses_per_step=64, max_new_tokens=1024, lr=1e-5, mini_batches=32, steps=200,
+             responses_per_step=64, max_new_tokens=1024, lr=1e-5, mini_batches=8, micro_batch_rows=2, steps=200,
              offline_init=False, eval_every=25, eval_max_prompts=60, out="runs/colab-spo"),
         gpu_memory_gb=14.7, engine_kwargs=dict(gpu_memory_utilization=0.35, max_model_len=1536),
         estimate_kwargs=dict(max_prompt_tokens=512),
         notes="T4 has no bf16, so dtype auto is fp16 (use float32 if losses go non-finite: 0.6B fits). "
-              "lr 1e-5: LoRA wants ~10x the full fine-tuning lr (1e-6). mini_batches 32 = 2 responses per "
-              "forward: the 152k-vocab logits cost ~1.6 GiB per 1k-token row; the trainer has no gradient "
-              "accumulation, so this is also 32 optimizer steps per step. offline_init off: its 8 x 14.1k "
+              "lr 1e-5: LoRA wants ~10x the full fine-tuning lr (1e-6). micro_batch_rows 2 = 2 responses per "
+              "forward (the 152k-vocab logits cost ~1.6 GiB per 1k-token row), gradients accumulated over each of "
+              "the official 8 mini-batches: memory fitted without changing the algorithm. offline_init off: its 8 x 14.1k "
               "DAPO prompts would take hours on a T4 (or pass offline_values). Qwen3-1.7B (vLLM at 0.45): ~15 GiB "
               "here, ~13 at one response per forward: too tight. Pass max_model_len to vLLM: Qwen3's 40960 "
               "default needs more KV cache than 0.35 x 14.7 GiB leaves."),
     Profile(
         "gpu80", "Qwen3-8B + LoRA r64 on one 80 GB GPU (A100/H100, bf16), vLLM colocated, 2k-token responses",
         dict(_MATH, model="Qwen/Qwen3-8B", dtype="bfloat16", lora_rank=64, lora_alpha=128,
-             gradient_checkpointing=True, responses_per_step=64, max_new_tokens=2048, lr=1e-5, mini_batches=16,
+             gradient_checkpointing=True, responses_per_step=64, max_new_tokens=2048, lr=1e-5, mini_batches=8,
+             micro_batch_rows=4,
              steps=300, eval_every=25, out="runs/gpu80-spo"),
         gpu_memory_gb=79.1, engine_kwargs=dict(gpu_memory_utilization=0.3, max_model_len=3072),
         estimate_kwargs=dict(max_prompt_tokens=1024),
-        notes="4 responses per forward: logits ~3.2 GiB per 2k-token row. vLLM keeps its own 15 GiB copy of "
+        notes="micro_batch_rows 4: 4 responses per forward (logits ~3.2 GiB per 2k-token row), the official 8 "
+              "mini-batches. vLLM keeps its own 15 GiB copy of "
               "the weights; its KV cache holds ~a quarter of the batch at once. vllm_sleep frees vLLM during the update "
               "but not during the D re-scoring pass after it, so it buys little room here. The offline init (8 x 14.1k "
               "prompts) takes hours; it is cached in cache_dir. Alternative: gpu80-full."),
     Profile(
         "gpu80-full", "Qwen3-1.7B full fine-tuning (fp32 weights + AdamW) on one 80 GB GPU, vLLM colocated",
         dict(_MATH, model="Qwen/Qwen3-1.7B", dtype="float32", lora_rank=0, gradient_checkpointing=True,
-             responses_per_step=64, max_new_tokens=2048, lr=1e-6, mini_batches=32, steps=300, eval_every=25,
-             out="runs/gpu80-full-spo"),
+             responses_per_step=64, max_new_tokens=2048, lr=1e-6, mini_batches=8, micro_batch_rows=2, steps=300,
+             eval_every=25, out="runs/gpu80-full-spo"),
         gpu_memory_gb=79.1, engine_kwargs=dict(gpu_memory_utilization=0.3, max_model_len=3072),
         estimate_kwargs=dict(max_prompt_tokens=1024),
         notes="float32 on purpose: spo_lab's AdamW works on the parameters as loaded, and with bf16 weights an "
               "update of lr 1e-6 is far below bf16's resolution (~1e-4 at |w| ~ 0.02) and rounds away. fp32 "
               "costs 16 B/param (27 GiB for 1.7B) and makes vLLM run fp32 too (slower; spo_lab has one dtype "
-              "for both). 2 responses per forward."),
+              "for both). micro_batch_rows 2: 2 responses per forward, the official 8 mini-batches."),
     Profile(
         "paper", "the official SPO run (the SPO paper): Qwen3-8B full fine-tuning, 1024 x 1 responses of <= 8192",
         dict(_MATH, model="Qwen/Qwen3-8B", dtype="bfloat16", lora_rank=0, gradient_checkpointing=True,
-             responses_per_step=1024, group_size=8, max_new_tokens=8192, lr=1e-6, mini_batches=8,
+             responses_per_step=1024, group_size=8, max_new_tokens=8192, lr=1e-6, mini_batches=8, micro_batch_rows=1,
              weight_decay=0.01, n0=8, steps=300, out="runs/paper-spo"),
         gpu_memory_gb=79.1, fits_single_gpu=False, engine_kwargs=dict(max_model_len=10240),
-        estimate_kwargs=dict(max_prompt_tokens=2048, fp32_master=True, rows_per_forward=1),
+        estimate_kwargs=dict(max_prompt_tokens=2048, fp32_master=True),
         notes="needs the multi-GPU scale-out path (not part of spo_lab yet): the official verl recipe shards fp32 "
               "master weights, grads and AdamW (16 B/param, 122 GiB for 8B) over 8+ GPUs with FSDP and "
-              "micro-batches each mini-batch; the estimate assumes one response per forward, spo_lab's "
-              "128-row mini-batch would need terabytes of logits. Tools (ReTool, 8 turns) are not in spo_lab. "
+              "micro-batches each mini-batch, as micro_batch_rows 1 does here (a 128-row mini-batch in one forward "
+              "would need terabytes of logits). Tools (ReTool, 8 turns) are not in spo_lab. "
               "GRPO: group_size 8 = 128 prompts x 8."),
 ]}
 

@@ -15,7 +15,8 @@ prompt ids -- an asynchronous collector, a multi-GPU launcher, an adapter for an
 
 D, how far the policy moved since each prompt was last seen, needs the policy, so it is measured
 outside (:mod:`spo_lab.divergence`) and passed in; ``D=None`` means rho = rho_max (constant rho).
-Everything here is torch and the core modules only.
+Everything here is torch and the core modules only. ``SPO`` follows the trainer's
+:class:`spo_lab.algorithms.Algorithm` protocol (``group`` = 1), as the group methods do.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import keys
 from .advantages import spo_advantages
-from .sampler import PrioritizedSampler
+from .sampler import PrioritizedSampler, sample_without_replacement
 from .tracker import ValueTracker
 
 __all__ = ["SPO"]
@@ -38,18 +40,25 @@ class SPO:
         batch_size: prompts per draw (B; one response each).
         rho_min, rho_max, d_half: the KL-adaptive discount (official 0.875, 0.96, 0.06).
         baseline: ``"tracker"`` (SPO) or ``"none"`` (ablation: v = 0; the tracker still learns).
-        prioritized: draw with weights sqrt(v(1-v)) / N^gamma + eps (official) or leave drawing to
-            the caller (uniform ablation: :meth:`draw` is then unavailable).
+        prioritized: draw with weights sqrt(v(1-v)) / N^gamma + eps (official), or uniformly without
+            replacement (ablation) from ``generator``.
         eps, gamma, thompson: the sampler's weight floor, count exponent, and true Thompson draws.
-        seed: seed of the sampler's own generator.
+        seed: seed of the prioritised sampler's own generator.
+        generator: draws of the uniform ablation (None: :meth:`draw` is unavailable then, and the
+            caller draws). The trainer passes its own generator, which also shuffles mini-batches.
     """
+
+    group = 1
+    """responses per prompt: SPO is single-stream"""
 
     def __init__(self, num_prompts: int, batch_size: int, *, rho_min: float = 0.875, rho_max: float = 0.96,
                  d_half: float = 0.06, baseline: str = "tracker", prioritized: bool = True, eps: float = 0.05,
-                 gamma: float = 0.0, thompson: bool = False, seed: int = 0):
+                 gamma: float = 0.0, thompson: bool = False, seed: int = 0,
+                 generator: torch.Generator | None = None):
         if baseline not in ("tracker", "none"):
             raise ValueError(f"baseline must be 'tracker' or 'none', got {baseline!r}")
-        self.baseline = baseline
+        self.baseline, self.batch_size, self.generator = baseline, batch_size, generator
+        self._last: dict[str, float] = {}  # the latest step's diagnostics, for stats()
         self.tracker = ValueTracker(num_prompts, rho_min=rho_min, rho_max=rho_max, d_half=d_half)
         self.sampler = None
         if prioritized:
@@ -65,10 +74,13 @@ class SPO:
         self.tracker.init_from_counts(successes, trials, mode=mode)
 
     def draw(self) -> Tensor:
-        """``[B]`` distinct prompt ids drawn with probability proportional to the priority weights."""
-        if self.sampler is None:
-            raise RuntimeError("this SPO state was built with prioritized=False: draw prompts uniformly")
-        return self.sampler.sample()
+        """``[B]`` distinct prompt ids: prioritised (weights sqrt(v (1 - v)) + eps), or uniform."""
+        if self.sampler is not None:
+            return self.sampler.sample()
+        if self.generator is None:
+            raise RuntimeError("this SPO state was built with prioritized=False and no generator: draw prompts "
+                               "uniformly yourself, or pass generator=")
+        return sample_without_replacement(torch.ones(self.num_prompts), self.batch_size, self.generator)
 
     def values(self, ids=None) -> Tensor:
         """The tracker's current value estimates v(x) (float64)."""
@@ -77,6 +89,7 @@ class SPO:
     def baselines(self, ids) -> Tensor:
         """The baseline of each row: v(x) read now, before this step's rewards (zeros for baseline='none')."""
         v = self.tracker.values(ids)
+        self._last = {keys.SAMPLED_V_MEAN: float(v.mean())} if len(v) else {}
         return v if self.baseline == "tracker" else torch.zeros_like(v)
 
     @staticmethod
@@ -90,13 +103,19 @@ class SPO:
 
         Call AFTER the policy update (the baseline of this step was read before it).
         """
-        return self.tracker.update(ids, rewards, kl=D)
+        rho = self.tracker.update(ids, rewards, D)
+        self._last |= {keys.RHO_MEAN: float(rho.mean()), keys.RHO_MIN: float(rho.min()),
+                       keys.D_MEAN: float(D.mean()) if D is not None else 0.0,
+                       keys.D_MAX: float(D.max()) if D is not None else 0.0}
+        return rho
 
     def stats(self) -> dict[str, float | list]:
-        """Tracker diagnostics for the logs: mean effective count, mean value, a 10-bin value histogram."""
+        """Tracker diagnostics for the logs: the latest step's rho and D (mean, extreme) and the mean
+        value of the prompts it drew, then the tracker's mean effective count, mean value and a 10-bin
+        value histogram."""
         v = self.tracker.values()
-        return {"tracker/n_eff_mean": float(self.tracker.n_eff().mean()), "tracker/v_mean": float(v.mean()),
-                "tracker/value_hist": torch.histc(v.float(), bins=10, min=0, max=1).int().tolist()}
+        return {**self._last, keys.N_EFF_MEAN: float(self.tracker.n_eff().mean()), keys.V_MEAN: float(v.mean()),
+                keys.VALUE_HIST: torch.histc(v.float(), bins=10, min=0, max=1).int().tolist()}
 
     def state_dict(self) -> dict:
         sd = {"tracker": self.tracker.state_dict()}

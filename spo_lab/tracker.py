@@ -33,7 +33,7 @@ from collections import deque
 import torch
 from torch import Tensor
 
-__all__ = ["rho_from_kl", "ValueTracker"]
+__all__ = ["rho_from_d", "rho_from_kl", "ValueTracker"]
 
 # Official constants of the authors' recipe (the SPO paper).
 D_HALF = 0.06
@@ -41,22 +41,26 @@ RHO_MIN = 0.875
 RHO_MAX = 0.96
 
 
-def rho_from_kl(
-    kl, *, d_half: float = D_HALF, rho_min: float = RHO_MIN, rho_max: float = RHO_MAX
+def rho_from_d(
+    d, *, d_half: float = D_HALF, rho_min: float = RHO_MIN, rho_max: float = RHO_MAX
 ) -> Tensor:
-    """Discount rho = clip(2 ** (-kl / d_half), rho_min, rho_max), elementwise (Sec. 3.2).
+    """Discount rho = clip(2 ** (-D / d_half), rho_min, rho_max), elementwise (Sec. 3.2).
 
-    ``kl`` is a policy-divergence estimate D >= 0 per prompt (any shape); D = d_half halves the old
-    evidence, D = 0 keeps the most memory (rho_max). Returns a float64 tensor of ``kl``'s shape.
+    ``d`` is D(x) >= 0 per prompt (any shape): how far the policy moved since x was last seen (the
+    paper's KL; the official code's mean |delta log pi|, see :mod:`spo_lab.divergence`). D = d_half
+    halves the old evidence, D = 0 keeps the most memory (rho_max). Returns float64 of ``d``'s shape.
     """
-    kl = torch.as_tensor(kl, dtype=torch.float64)
+    kl = torch.as_tensor(d, dtype=torch.float64)
     if not 0.0 < rho_min <= rho_max < 1.0:
         raise ValueError(f"need 0 < rho_min <= rho_max < 1, got rho_min={rho_min}, rho_max={rho_max}")
     if d_half <= 0:
         raise ValueError(f"d_half must be > 0, got {d_half}")
     if torch.isnan(kl).any() or (kl < 0).any():
-        raise ValueError("kl must be non-negative and not NaN")
+        raise ValueError("D must be non-negative and not NaN")
     return torch.exp2(-kl / d_half).clamp(rho_min, rho_max)
+
+
+rho_from_kl = rho_from_d  # the old name (D is the paper's KL), kept for one release
 
 
 class ValueTracker:
@@ -64,7 +68,7 @@ class ValueTracker:
 
     Args:
         num_prompts: size of the prompt set; prompts are ids ``0 .. num_prompts - 1``.
-        rho_min, rho_max, d_half: the discount schedule of :func:`rho_from_kl`.
+        rho_min, rho_max, d_half: the discount schedule of :func:`rho_from_d`.
         prior_alpha, prior_beta: state of a prompt never seen (official fallback 0.5 / 0.5,
             i.e. v = 0.5 with the weight of one observation).
 
@@ -86,7 +90,7 @@ class ValueTracker:
             raise ValueError(f"num_prompts must be a positive integer, got {num_prompts!r}")
         if prior_alpha <= 0 or prior_beta <= 0:
             raise ValueError("prior_alpha and prior_beta must be > 0")
-        rho_from_kl(0.0, d_half=d_half, rho_min=rho_min, rho_max=rho_max)  # validates the schedule
+        rho_from_d(0.0, d_half=d_half, rho_min=rho_min, rho_max=rho_max)  # validates the schedule
         self.num_prompts = int(num_prompts)
         self.rho_min, self.rho_max, self.d_half = float(rho_min), float(rho_max), float(d_half)
         self.alpha = torch.full((self.num_prompts,), float(prior_alpha), dtype=torch.float64)
@@ -113,9 +117,9 @@ class ValueTracker:
         ids = self.check_ids(ids)
         return self.alpha[ids] + self.beta[ids]
 
-    def rho(self, kl) -> Tensor:
-        """This tracker's discount for divergence(s) ``kl`` (see :func:`rho_from_kl`)."""
-        return rho_from_kl(kl, d_half=self.d_half, rho_min=self.rho_min, rho_max=self.rho_max)
+    def rho(self, d) -> Tensor:
+        """This tracker's discount for divergence(s) D (see :func:`rho_from_d`)."""
+        return rho_from_d(d, d_half=self.d_half, rho_min=self.rho_min, rho_max=self.rho_max)
 
     # ------------------------------------------------------------------ writing
     def init_from_counts(self, successes, trials, mode: str = "jeffreys") -> None:
@@ -155,7 +159,7 @@ class ValueTracker:
         self.beta = torch.where(seen, beta, self.beta)
         self._record_change(None)
 
-    def update(self, ids, rewards, kl=None) -> Tensor:
+    def update(self, ids, rewards, d=None, *, kl=None) -> Tensor:
         """Fold one reward per element into its prompt's posterior; return the rho used.
 
         Args:
@@ -163,7 +167,8 @@ class ValueTracker:
                 another in the order given, exactly as B single updates would be (a vectorised
                 scatter would silently keep only one of them).
             rewards: shape ``[B]``, each in [0, 1] (non-binary rewards use the same update).
-            kl: divergence D per element, shape ``[B]``; None means D = 0, i.e. rho = rho_max.
+            d: D(x) per element, shape ``[B]``; None means D = 0, i.e. rho = rho_max.
+            kl: the old name of ``d``, kept for one release.
 
         Returns:
             float64 tensor ``[B]``: the discount applied for each element.
@@ -174,12 +179,15 @@ class ValueTracker:
             raise ValueError(f"rewards has {r.numel()} elements but ids has {ids.numel()}")
         if torch.isnan(r).any() or (r < 0).any() or (r > 1).any():
             raise ValueError("rewards must lie in [0, 1] (no NaN)")
+        if kl is not None and d is not None:
+            raise TypeError("give d (or its old name kl), not both")
+        kl = d if d is not None else kl
         if kl is None:
             rho = torch.full_like(r, self.rho_max)
         else:
             kl = torch.as_tensor(kl, dtype=torch.float64).reshape(-1)
             if kl.shape != ids.shape:
-                raise ValueError(f"kl has {kl.numel()} elements but ids has {ids.numel()}")
+                raise ValueError(f"D has {kl.numel()} elements but ids has {ids.numel()}")
             rho = self.rho(kl)
         if ids.numel() == 0:
             return rho

@@ -1,8 +1,14 @@
 """Train a policy with SPO -- or GRPO and its variants, at the same response budget -- in one loop.
 
-Read this file top to bottom: it is the algorithm. One step is
+Read this file top to bottom: it is the algorithm. One step, :func:`train_step`, is
 
-    prompts -> rollouts -> rewards -> advantages -> loss -> optimiser -> tracker update
+    draw prompts -> baselines -> rollouts -> rewards -> advantages -> PPO update -> D and tracker -> weight sync
+
+and ``print(inspect.getsource(train_step))`` shows all of it on one screen. The method is an
+:class:`spo_lab.algorithms.Algorithm` (``draw``, ``baselines``, ``advantages``, ``observe``): the step
+never asks which one it runs. The file's parts, in order: ``Config`` (every setting, one line of
+help each), the metric keys and phase names, :class:`Run` (the parts of a run), :func:`train_step`,
+the loop (:func:`train`), :func:`setup`, checkpoints, and the command line.
 
 SPO (Xu & Ding, arXiv 2509.13232) draws ONE response per prompt and baselines it with a persistent
 per-prompt value tracker (spo_lab.tracker), normalises advantages over the whole batch
@@ -13,8 +19,10 @@ GRPO draws G responses per prompt and baselines each against its group. Both gen
 The loop takes its parts by name -- a task (``--task arith|math``, :mod:`spo_lab.tasks`), a rollout
 engine (``--engine hf|vllm``, :mod:`spo_lab.engines`) and a policy (``--model``, ``--device``,
 ``--dtype``, ``--lora-rank``, :mod:`spo_lab.models`) -- or as objects (``train(cfg, task=..., engine=...)``).
-SPO's own state (tracker, sampler, advantage rule) is :class:`spo_lab.spo.SPO`; D(x) comes from
-:mod:`spo_lab.divergence`; the offline pass from :mod:`spo_lab.offline`.
+SPO's own state (tracker, sampler, advantage rule) is :class:`spo_lab.spo.SPO`, the group methods'
+:class:`spo_lab.algorithms.GroupBaseline`; D(x) comes from :mod:`spo_lab.divergence`; the offline pass
+from :mod:`spo_lab.offline`; the PPO update from :mod:`spo_lab.ppo` (``--mini-batches`` is the
+algorithm, ``--micro-batch-rows`` the memory).
 
 What this simplifies compared with the official verl recipe: one process, one PPO epoch over a few
 mini-batches, no tools, no sequence packing. It runs the bundled ~1 M-parameter Qwen3 on a laptop
@@ -26,8 +34,10 @@ CPU in minutes; the same loop takes a real checkpoint path, a GPU and vLLM.
     python -m spo_lab.train --help          # every option, with its one-line description
 
 Outputs in ``--out``: ``config.json``, ``metrics.jsonl`` (one JSON object per step, loadable with
-``pandas.read_json(path, lines=True)``), ``checkpoint.pt`` (resume with ``--resume``; removed at the
-end with ``--no-keep-checkpoints``) and the final policy in ``final_model/``.
+``pandas.read_json(path, lines=True)``), ``samples.jsonl`` (at every evaluation step, the first
+``--sample-rows`` rows of that step's training batch: prompt, completion, reward, baseline,
+advantage), ``checkpoint.pt`` (resume with ``--resume``; removed at the end with
+``--no-keep-checkpoints``) and the final policy in ``final_model/``.
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,19 +61,26 @@ import torch
 from tqdm import tqdm  # plain bars: tqdm.auto warns (with a local path) in notebooks without ipywidgets
 from transformers.utils import logging as hf_logging
 
-from .advantages import grpo_advantages, rloo_advantages
+from .algorithms import Algorithm, GroupBaseline
 from .divergence import KLClock, ResponseCache
 from .engines import ENGINES, build_engine
 from .engines.base import Rollouts
+from .keys import (ADV_RAW_VAR, ADV_VAR, ADV_VAR_NONDEGENERATE, ADV_ZERO_FRAC, DEGENERATE_FRAC, EVAL_TIME,
+                   GREEDY_ACC, NOT_STEP, OFFLINE_TIME, PHASES, RESPONSES, RESPONSES_INCL_INIT, REWARD_MEAN,
+                   REWARD_VAR, SAMPLED_ACC, STEP, TOKENS, TRUNCATED_FRAC, sampled_mean, time_key)
 from .evaluate import accuracy
-from .loss import AGG_MODES, policy_loss
+from .loss import AGG_MODES
 from .metrics import degenerate_mask
-from .models import DEFAULT_MODEL_DIR, DTYPES, LoraSpec, load_policy, model_fingerprint, resolve_device, token_logprobs
+from .models import (DEFAULT_MODEL_DIR, DTYPES, LoraSpec, check_context_length, load_policy, model_fingerprint,
+                     resolve_device)
 from .offline import import_official_values, offline_counts
-from .run_folder import RunFolder
-from .sampler import sample_without_replacement
+from .paths import user_cache_dir
+from .ppo import PPOSettings, logprob_fn, ppo_update, trainable
+from .errors import UserError, cli_main
+from .run_folder import RunFolder, check_writable
 from .spo import SPO
-from .tasks import TASKS, get_task
+from .tasks import TASKS, breakdown_key, get_task, task_class
+from .tasks.base import problems_fingerprint
 
 ALGOS = ("spo", "grpo", "dr_grpo", "rloo", "reinforce")
 GROUP_ALGOS = ("grpo", "dr_grpo", "rloo")
@@ -124,7 +143,9 @@ class Config:
     max_grad_norm: float = 1.0
     """gradient clipping norm (official 1.0)"""
     mini_batches: int = 2
-    """PPO mini-batches per step (one epoch; official 8)"""
+    """PPO mini-batches per step = optimiser steps per step (one epoch; official 8)"""
+    micro_batch_rows: int = 0
+    """rows per forward/backward pass, gradients accumulated over a mini-batch (memory only; 0 = whole mini-batch)"""
     clip_low: float = 0.2
     """ratio clip 1 - clip_low"""
     clip_high: float = 0.28
@@ -177,14 +198,16 @@ class Config:
     """continue the run in --out from its last checkpoint (settings that change the run are refused)"""
     overwrite: bool = False
     """start afresh in an --out that holds another run, removing its results first"""
-    cache_dir: str = "runs/cache"
-    """where the offline-init counts are cached and reused"""
+    cache_dir: str = ""
+    """where the offline-init counts are cached and reused ('' = the per-user cache folder, $SPO_LAB_CACHE_DIR)"""
     save_model: bool = True
     """write the final policy to out/final_model"""
     keep_checkpoints: bool = True
     """keep checkpoint.pt once the run has finished (what --resume needs to extend it with more --steps)"""
     progress: bool = True
     """show a tqdm progress bar"""
+    sample_rows: int = 16
+    """training rows written to samples.jsonl at every evaluation step (prompt, completion, reward, advantage)"""
 
     def validate(self) -> None:
         """Check every setting; ValueError naming the flag (``--field-name``) otherwise."""
@@ -208,7 +231,7 @@ class Config:
             bad("device", "must be auto, cpu, cuda or cuda:N")
         if self.offline_seed < -1:
             bad("offline_seed", "must be >= 0, or -1 for --seed")
-        for name in ("steps", "eval_max_prompts", "save_every", "lora_rank"):
+        for name in ("steps", "eval_max_prompts", "save_every", "lora_rank", "micro_batch_rows", "sample_rows"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         for name in ("responses_per_step", "group_size", "max_new_tokens", "mini_batches", "n0", "eval_every",
@@ -243,6 +266,9 @@ class Config:
             )
         if self.algo in GROUP_ALGOS and self.group < 2:
             bad("group_size", f"must be >= 2 for {self.algo} (with G = 1 every advantage is 0)")
+        if self.algo == "spo" and self.responses_per_step < 2:
+            bad("responses_per_step", "must be >= 2 for spo (advantages are normalised over the batch: one "
+                                      "response has advantage 0)")
         if self.responses_per_step % self.mini_batches:
             bad("mini_batches", f"must divide --responses-per-step={self.responses_per_step}")
         if self.resume and self.overwrite:
@@ -258,269 +284,384 @@ class Config:
     def prompts_per_step(self) -> int:
         return self.responses_per_step // self.group
 
-
-# ====================================================================== the pieces of a step
-def group_advantages(cfg: Config, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages of the non-SPO algorithms, and the pre-normalisation advantage for diagnostics."""
-    if cfg.algo == "reinforce":
-        return rewards.clone(), rewards.clone()
-    centred = grpo_advantages(rewards, cfg.group, scale="none")
-    if cfg.algo == "grpo":
-        return grpo_advantages(rewards, cfg.group, scale="group"), centred
-    if cfg.algo == "dr_grpo":
-        return centred, centred
-    return rloo_advantages(rewards, cfg.group), centred
+    @property
+    def ppo(self) -> PPOSettings:
+        """The settings of the policy update (:func:`spo_lab.ppo.ppo_update`)."""
+        return PPOSettings(mini_batches=self.mini_batches, micro_batch_rows=self.micro_batch_rows,
+                           clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip,
+                           loss_agg=self.loss_agg, kl_coef=self.kl_coef, max_grad_norm=self.max_grad_norm,
+                           temperature=self.temperature)
 
 
-def ppo_update(cfg, model, optimizer, rollouts: Rollouts, adv: torch.Tensor, gen: torch.Generator, ref_model=None):
-    """One PPO epoch over ``cfg.mini_batches`` shuffled mini-batches; returns averaged stats."""
-    model.train()
-    device = next(model.parameters()).device
-    order = torch.randperm(len(rollouts), generator=gen)
-    stats_sum: dict[str, float] = {}
-    for chunk in order.chunk(cfg.mini_batches):
-        mb = rollouts.select(chunk).to(device)
-        logp = token_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
-                              temperature=cfg.temperature)
-        ref = None
-        if ref_model is not None:
-            with torch.no_grad():
-                ref = token_logprobs(ref_model, mb.prompt_ids, mb.prompt_mask, mb.response_ids,
-                                     mb.response_mask, temperature=cfg.temperature)
-        loss, st = policy_loss(
-            logp, mb.logprobs, adv[chunk].float().to(device), mb.response_mask, clip_low=cfg.clip_low,
-            clip_high=cfg.clip_high, dual_clip=cfg.dual_clip or None, agg=cfg.loss_agg,
-            ref_logp=ref, kl_coef=cfg.kl_coef,
-        )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {float(loss)}; stats {st}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(_trainable(model), cfg.max_grad_norm,
-                                                               error_if_nonfinite=True))
-        optimizer.step()
-        for k, v in st.items():
-            stats_sum[k] = stats_sum.get(k, 0.0) + v / cfg.mini_batches
-    model.eval()
-    return stats_sum
+# ====================================================================== what a step logs (names: spo_lab.keys)
+SAMPLES_FILE = "samples.jsonl"
+"""Per evaluation step, the first ``--sample-rows`` rows of that step's training batch (see :func:`train`)."""
 
 
-def _trainable(model) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+@contextmanager
+def phase(metrics: dict, name: str):
+    """Time the body into ``metrics["time/<name>"]`` (seconds); the step's names are :data:`spo_lab.keys.PHASES`."""
+    t0 = time.perf_counter()
+    yield
+    metrics[time_key(name)] = time.perf_counter() - t0
 
 
-# ====================================================================== the training loop
-def train(cfg: Config, *, task=None, engine=None, on_step=None, on_offline_chunk=None) -> Path:
+@contextmanager
+def engine_asleep(engine, asleep: bool):
+    """Colocated vLLM on one GPU (``--vllm-sleep``): the engine hands its memory to the body and wakes after."""
+    if asleep:
+        engine.sleep()
+    try:
+        yield
+    finally:
+        if asleep:
+            engine.wake_up()
+
+
+# ====================================================================== the parts of a run
+@dataclass
+class Run:
+    """Everything a step reads, built once by :func:`setup`, and the counters the steps advance."""
+
+    cfg: Config
+    policy: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    engine: object  # spo_lab.engines.RolloutEngine
+    task: object  # spo_lab.tasks.Task
+    problems: list  # the training prompts; a prompt's id is its index here
+    eval_problems: list
+    algo: Algorithm
+    d_estimator: object | None  # spo_lab.divergence.ResponseCache | KLClock | None
+    ppo: PPOSettings
+    gen: torch.Generator  # mini-batch splits (and the group methods' draws)
+    logprob_fn: Callable  # log-probs under the current policy, for D
+    ref_model: torch.nn.Module | None = None
+    breakdown: torch.Tensor | None = None  # [P] a numeric metadata value per prompt (e.g. level), logged per step
+    start: int = 0
+    responses: int = 0
+    tokens: int = 0
+    offline_responses: int = 0
+    offline_info: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    """One step's training batch, for the samples log: rollouts ``[R]`` and per-row rewards, baselines, advantages."""
+
+    rollouts: Rollouts
+    rewards: torch.Tensor
+    baselines: torch.Tensor  # what each reward was compared against: tracker value, group mean, or 0
+    advantages: torch.Tensor
+
+
+# ====================================================================== one step
+def train_step(run: Run, step: int) -> tuple[dict, Batch]:
+    """One RL step: draw -> baselines -> generate -> reward -> advantages -> update -> D, tracker -> sync.
+
+    ``step`` counts the updates made so far (the policy version that samples this step). Returns the
+    step's metrics row (without ``step``) and its batch.
+    """
+    algo, cfg, m = run.algo, run.cfg, {}
+    with phase(m, "sample"):
+        ids = algo.draw()  # ids [B]: the prompts of this step
+        row_ids = ids.repeat_interleave(algo.group)  # row_ids [R = B * G]: a prompt's G responses are consecutive
+        baselines = algo.baselines(row_ids)  # [R], read BEFORE this step's rewards: the baseline must not see y
+    with phase(m, "generate"):
+        rollouts = run.engine.generate([run.problems[i].prompt for i in ids.tolist()], algo.group,
+                                       temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        rollouts = rollouts.tagged(ids, algo.group, policy_version=step)  # rows -> prompt ids, weights' version
+    with phase(m, "reward"):
+        rows = [run.problems[i] for i in rollouts.prompt_index.tolist()]
+        rewards = torch.tensor(run.task.reward(rollouts.texts, rows), dtype=torch.float64)  # [R], the task's check
+        adv, adv_raw = algo.advantages(rewards, baselines)  # [R] normalised, and r - baseline before it
+    with engine_asleep(run.engine, cfg.vllm_sleep):  # colocated vLLM frees its memory for update and D
+        with phase(m, "update"):
+            loss_stats = ppo_update(run.policy, run.optimizer, rollouts, adv, run.ppo, run.gen, run.ref_model)
+        with phase(m, "tracker"):  # AFTER the update: D measures how far it moved the policy
+            d = run.d_estimator.observe(run.logprob_fn, row_ids, rollouts) if run.d_estimator else None
+            algo.observe(row_ids, rewards, d)  # [R] evidence folded into the tracker (a no-op for groups)
+    with phase(m, "sync"):
+        run.engine.sync_weights(run.policy)  # the next step samples the updated policy
+    run.responses, run.tokens = run.responses + len(rollouts), run.tokens + rollouts.num_tokens
+    m |= step_metrics(run, rollouts, rewards, adv, adv_raw, loss_stats)
+    return m, Batch(rollouts, rewards, rewards - adv_raw, adv)
+
+
+def step_metrics(run: Run, rollouts: Rollouts, rewards, adv, adv_raw, loss_stats: dict) -> dict:
+    """The metrics row of one step (see the module constants for the keys)."""
+    m = {
+        RESPONSES: run.responses, RESPONSES_INCL_INIT: run.responses + run.offline_responses, TOKENS: run.tokens,
+        REWARD_MEAN: float(rewards.mean()), REWARD_VAR: _var(rewards),
+        ADV_RAW_VAR: _var(adv_raw), ADV_VAR: _var(adv), ADV_ZERO_FRAC: float((adv.abs() < 1e-4).double().mean()),
+        TRUNCATED_FRAC: float(rollouts.truncated.double().mean()),
+        **{f"loss/{k}": v for k, v in loss_stats.items()}, **run.algo.stats(),
+        **(run.engine.tool_metrics() if hasattr(run.engine, "tool_metrics") else {}),  # a ToolEngine's tool/* means
+    }
+    if run.breakdown is not None:  # e.g. sampled/level_mean: how hard the drawn prompts are
+        m[sampled_mean(breakdown_key(run.task))] = float(run.breakdown[rollouts.prompt_index].mean())
+    g = run.algo.group
+    if g > 1:  # groups of G: how many are degenerate (all rewards equal, every advantage 0)
+        deg = degenerate_mask(rewards, g)
+        m[DEGENERATE_FRAC] = float(deg.double().mean())
+        nondeg = adv.view(-1, g)[~deg].reshape(-1)
+        m[ADV_VAR_NONDEGENERATE] = _var(nondeg) if nondeg.numel() > 1 else None
+    return m
+
+
+def _var(x: torch.Tensor) -> float:
+    return float(x.double().var(unbiased=True)) if x.numel() > 1 else 0.0
+
+
+# ====================================================================== the loop
+def train(cfg: Config, *, task=None, engine=None, algorithm: Algorithm | None = None, on_step=None,
+          on_offline_chunk=None) -> Path:
     """Run ``cfg.steps`` steps; returns the output folder. See the module docstring.
 
-    ``task`` and ``engine`` replace the ones ``cfg.task`` / ``cfg.engine`` name: any objects that
-    follow the protocols of :mod:`spo_lab.tasks.base` and :mod:`spo_lab.engines.base`.
+    ``task``, ``engine`` and ``algorithm`` replace the ones ``cfg`` names: any objects that follow the
+    protocols of :mod:`spo_lab.tasks.base`, :mod:`spo_lab.engines.base` and :mod:`spo_lab.algorithms`.
     ``on_step(row)`` is called with each step's metrics row once it is written, and
     ``on_offline_chunk(n)`` after each chunk of n prompts of the offline pass (progress hooks).
     """
     cfg.validate()
     folder = RunFolder(cfg.out)  # one run per folder, see spo_lab.run_folder
     with folder:
-        return _train(cfg, folder, task, engine, on_step, on_offline_chunk)
+        run = setup(cfg, folder, task=task, engine=engine, algorithm=algorithm, on_offline_chunk=on_offline_chunk)
+        return _loop(run, folder, on_step)
 
 
-def _train(cfg: Config, folder: RunFolder, task, engine, on_step=None, on_offline_chunk=None) -> Path:
+def _loop(run: Run, folder: RunFolder, on_step) -> Path:
+    cfg = run.cfg
+    log = folder.open_metrics(keep_until_step=run.start if run.start else None)
+    samples = _open_samples(folder.path / SAMPLES_FILE, run.start)
+    folder.write_config(run_settings(cfg, run.problems))
+    bar = tqdm(range(run.start, cfg.steps), desc=f"{cfg.algo} s{cfg.seed}", disable=not cfg.progress,
+               initial=run.start, total=cfg.steps)
+    if run.start == 0:  # the starting point of every learning curve; the offline pass's cost is counted here
+        row = {STEP: 0, RESPONSES: 0, RESPONSES_INCL_INIT: run.offline_responses}
+        with phase(row, "eval"):
+            row |= evaluate_policy(run, 0)
+        if "seconds" in run.offline_info:  # its wall time when it was computed, also when read from the cache
+            row[OFFLINE_TIME] = run.offline_info["seconds"]
+        _emit(folder, log, row, on_step)
+    for step in bar:
+        m, batch = train_step(run, step)
+        m = {STEP: step + 1} | m
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            with phase(m, "eval"):
+                m |= evaluate_policy(run, step + 1)
+            bar.set_postfix(reward=f"{m[REWARD_MEAN]:.2f}", greedy=f"{m[GREEDY_ACC]:.3f}")
+            _write_samples(samples, run, step + 1, batch)
+        _emit(folder, log, m, on_step)
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
+            save_checkpoint(run, folder, step + 1)
+    log.close()
+    samples.close()
+    if not cfg.keep_checkpoints:  # a finished run: its metrics and final model are the results
+        folder.remove_checkpoints(cfg.steps)
+    if cfg.save_model:
+        run.policy.save_pretrained(folder.path / "final_model")
+        run.tokenizer.save_pretrained(folder.path / "final_model")
+    return folder.path
+
+
+def _emit(folder: RunFolder, log, row: dict, on_step) -> None:
+    folder.append(log, row)
+    if on_step is not None:
+        on_step(row)
+
+
+def evaluate_policy(run: Run, step: int) -> dict:
+    """Held-out accuracy (``eval/*``) on its own seeded RNG: evaluating never changes the run."""
+    cfg = run.cfg
+    return accuracy(run.engine, run.task, run.eval_problems, temperature=cfg.temperature,
+                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step,
+                    device=next(run.policy.parameters()).device, samples=cfg.eval_samples)
+
+
+def _open_samples(path: Path, start: int):
+    """The samples log, opened for appending; rows written after the checkpoint we resume from are dropped."""
+    keep = []
+    if start and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= start:
+                    keep.append(line + "\n")
+            except (ValueError, KeyError):  # a torn last line from a kill
+                pass
+    path.write_text("".join(keep))
+    return path.open("a")
+
+
+def _write_samples(f, run: Run, step: int, b: Batch) -> None:
+    """The first ``--sample-rows`` rows of the step's batch: what the policy wrote and what it was worth."""
+    for r in range(min(run.cfg.sample_rows, len(b.rollouts))):
+        i = int(b.rollouts.prompt_index[r])
+        f.write(json.dumps({
+            "step": step, "prompt_id": run.problems[i].id, "prompt_index": i, "prompt": run.problems[i].prompt,
+            "completion": b.rollouts.texts[r], "reward": float(b.rewards[r]), "baseline": float(b.baselines[r]),
+            "advantage": float(b.advantages[r]), "truncated": bool(b.rollouts.truncated[r]),
+            "policy_version": int(b.rollouts.policy_version[r]),
+        }, ensure_ascii=False) + "\n")
+    f.flush()
+
+
+# ====================================================================== set-up: policy, task, engine, method
+def setup(cfg: Config, folder: RunFolder, *, task=None, engine=None, algorithm: Algorithm | None = None,
+          on_offline_chunk=None) -> Run:
+    """Build every part of a run (or of a resumed run) in ``folder``; nothing here trains."""
     torch.set_num_threads(cfg.num_threads)
     if not cfg.progress:  # also silence transformers' own loading / saving bars
         hf_logging.disable_progress_bar()
-    out = folder.path
-    settings = dataclasses.asdict(cfg)
-    if cfg.resume:
-        folder.check_extendable()
-    ck = folder.load_checkpoint() if cfg.resume else None
-    if cfg.resume and (ck is not None or (out / "config.json").exists()):
-        folder.check_resume(settings)  # before anything is written: a refused resume changes nothing
-    if ck is None:  # a new run (or a resume of a run killed before its first checkpoint)
-        folder.start_fresh(overwrite=cfg.overwrite or cfg.resume)
-
-    # ---------------------------------------------------------------- setup: policy, task, engine, state
+    _check_before_loading(cfg, folder, task)  # a bad folder, path or split costs a second, not a model load
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     lora = LoraSpec(r=cfg.lora_rank, alpha=cfg.lora_alpha) if cfg.lora_rank > 0 else None
-    model, tokenizer = load_policy(cfg.model, dtype=cfg.dtype, device=device, lora=lora,
-                                   gradient_checkpointing=cfg.gradient_checkpointing)
-    if task is None:
-        task = get_task(cfg.task, data=cfg.data_dir or None, tokenizer=tokenizer)
-    train_set, test_set = task.load("train"), task.load(cfg.eval_split)
+    policy, tokenizer = load_policy(cfg.model, dtype=cfg.dtype, device=device, lora=lora,
+                                    gradient_checkpointing=cfg.gradient_checkpointing)
+    task = task if task is not None else get_task(cfg.task, data=cfg.data_dir or None, tokenizer=tokenizer)
+    problems, eval_problems = task.load("train"), task.load(cfg.eval_split)
     if cfg.eval_max_prompts:
-        test_set = test_set[: cfg.eval_max_prompts]
-    P = len(train_set)
-    if cfg.prompts_per_step > P:
-        raise ValueError(f"{cfg.prompts_per_step} prompts per step exceed the {P} training prompts")
+        eval_problems = eval_problems[: cfg.eval_max_prompts]
+    for source, rows in (("the train split", problems), (f"the {cfg.eval_split} split", eval_problems)):
+        check_context_length(policy, tokenizer, rows, cfg.max_new_tokens, source=source,
+                             max_len=cfg.vllm_max_model_len or None)
+    ck = _claim_folder(cfg, folder, problems)  # before anything is written or computed
+    if cfg.prompts_per_step > len(problems):
+        raise UserError(f"--responses-per-step {cfg.responses_per_step} = {cfg.prompts_per_step} prompts per step "
+                        f"exceeds the {len(problems)} training prompts")
     if engine is None:
-        vllm_kwargs = {} if cfg.engine != "vllm" else {
-            k: v for k, v in (("gpu_memory_utilization", cfg.vllm_gpu_memory_utilization),
-                              ("max_model_len", cfg.vllm_max_model_len), ("enable_sleep_mode", cfg.vllm_sleep)) if v}
-        engine = build_engine(cfg.engine, model=model, tokenizer=tokenizer, model_path=cfg.model, dtype=cfg.dtype,
-                              seed=cfg.seed, **vllm_kwargs)
-    engine.sync_weights(model)  # the engine samples from the policy as loaded
-    ref_model = copy.deepcopy(model).eval() if cfg.kl_coef > 0 else None
-    optimizer = torch.optim.AdamW(_trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)  # prompt draws of uniform sampling, mini-batch order
-    key = getattr(task, "group_key", None)  # a numeric metadata key (e.g. level) is logged per step
-    group_vals = None
-    if key and all(isinstance(p.meta.get(key), (int, float)) for p in train_set):
-        group_vals = torch.tensor([p.meta[key] for p in train_set], dtype=torch.float64)
-
-    spo = divergence = None
-    offline_responses, offline_info = 0, {}
-    if cfg.algo == "spo":
-        spo = SPO(P, cfg.prompts_per_step, rho_min=cfg.rho_min, rho_max=cfg.rho_max, d_half=cfg.d_half,
-                  baseline=cfg.baseline, prioritized=cfg.sampling == "prioritized", eps=cfg.priority_eps,
-                  gamma=cfg.priority_gamma, thompson=cfg.thompson, seed=cfg.seed + 1)
-        if cfg.offline_init and cfg.offline_values:  # a missing prompt is an error, never weight 0
-            succ, trials = import_official_values(cfg.offline_values, train_set, missing="error", max_scores=cfg.n0)
-            spo.init_from_counts(succ, trials, mode=cfg.init_mode)
-            offline_responses = int(trials.sum())  # generated elsewhere, still part of the cost
-        elif cfg.offline_init:
-            succ, trials = offline_counts(engine, task, train_set, n0=cfg.n0, temperature=cfg.temperature,
-                                          max_new_tokens=cfg.max_new_tokens, device=device,
-                                          seed=cfg.seed if cfg.offline_seed < 0 else cfg.offline_seed,
-                                          model_key=model_fingerprint(model), cache_dir=cfg.cache_dir,
-                                          progress=cfg.progress, on_chunk=on_offline_chunk, info=offline_info)
-            spo.init_from_counts(succ, trials, mode=cfg.init_mode)
-            offline_responses = cfg.n0 * P
-        if cfg.rho_mode == "kl":
-            width = max(len(tokenizer(p.prompt, add_special_tokens=False)["input_ids"]) for p in train_set)
-            divergence = ResponseCache(P, width, cfg.max_new_tokens, tokenizer.pad_token_id)
-        elif cfg.rho_mode == "kl-clock":
-            divergence = KLClock(P)
-
-    rows = cfg.responses_per_step // cfg.mini_batches  # the update's rows per forward: the memory it was sized for
-
-    @torch.no_grad()
-    def score(*batch):  # log-probs of responses under the current policy, for D(x), a mini-batch at a time
-        return torch.cat([token_logprobs(model, *(t[i : i + rows] for t in batch), temperature=cfg.temperature)
-                          for i in range(0, batch[0].shape[0], rows)])
-
-    start, responses, tokens = 0, 0, 0
+        engine = _build_engine(cfg, policy, tokenizer)
+    engine.sync_weights(policy)  # the engine samples from the policy as loaded
+    gen = torch.Generator().manual_seed(cfg.seed)  # mini-batch splits (and the group methods' draws)
+    ppo = cfg.ppo
+    run = Run(cfg=cfg, policy=policy, tokenizer=tokenizer, engine=engine, task=task, problems=problems,
+              eval_problems=eval_problems, ppo=ppo, gen=gen,
+              optimizer=torch.optim.AdamW(trainable(policy), lr=cfg.lr, weight_decay=cfg.weight_decay),
+              algo=algorithm if algorithm is not None else build_algorithm(cfg, len(problems), gen),
+              d_estimator=build_d_estimator(cfg, problems, tokenizer) if algorithm is None else None,
+              logprob_fn=logprob_fn(policy, cfg.temperature, ppo.rows_per_pass(cfg.responses_per_step)),
+              ref_model=copy.deepcopy(policy).eval() if cfg.kl_coef > 0 else None,
+              breakdown=_breakdown(task, problems))
     if ck is not None:
-        model.load_state_dict(ck["model"]), optimizer.load_state_dict(ck["optimizer"])
-        _set_rng_states(ck["rng"], gen, device)
-        for obj, name in ((spo, "spo"), (divergence, "divergence")):
-            if obj is not None:
-                obj.load_state_dict(ck[name])
-        start, responses, tokens = ck["step"], ck["responses"], ck["tokens"]
-        engine.sync_weights(model)  # ... and from the resumed weights
-    log = folder.open_metrics(keep_until_step=start if ck is not None else None)
-    folder.write_config(settings)
-    model.eval()
-
-    def evaluate(step: int) -> dict:  # on its own seeded RNG: evaluating never changes the run
-        return accuracy(engine, task, test_set, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                        seed=cfg.seed * 1_000_003 + step, device=device, samples=cfg.eval_samples)
-
-    def save_checkpoint(step: int) -> None:  # tensors and plain values only: loadable with weights_only=True
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_states(gen, device),
-                 "step": step, "responses": responses, "tokens": tokens}
-        for obj, name in ((spo, "spo"), (divergence, "divergence")):
-            if obj is not None:
-                state[name] = obj.state_dict()
-        folder.save_checkpoint(state)
-
-    bar = tqdm(range(start, cfg.steps), desc=f"{cfg.algo} s{cfg.seed}", disable=not cfg.progress,
-               initial=start, total=cfg.steps)
-    if start == 0:  # the starting point of every learning curve; the offline pass's cost is counted here
-        t0 = time.perf_counter()
-        row = {"step": 0, "responses": 0, "responses_incl_init": offline_responses, **evaluate(0)}
-        row["time/eval"] = time.perf_counter() - t0
-        if "seconds" in offline_info:  # its wall time when it was computed, also when read from the cache
-            row["time/offline_init"] = offline_info["seconds"]
-        folder.append(log, row)
-        if on_step is not None:
-            on_step(row)
-    for step in bar:
-        m: dict = {"step": step + 1}
-        t0 = time.perf_counter()
-        # ------------------------------------------------------------ 1. choose prompts
-        if spo is not None and spo.sampler is not None:
-            ids = spo.draw()  # prioritised: weights sqrt(v (1 - v)) + eps, before generation
-        else:  # uniform, without replacement
-            ids = sample_without_replacement(torch.ones(P), cfg.prompts_per_step, gen)
-        row_ids = ids.repeat_interleave(cfg.group)  # each prompt's G responses are consecutive
-        if spo is not None:  # read v BEFORE this step's rewards: the baseline must not see y
-            v_before, baselines = spo.values(row_ids), spo.baselines(row_ids)
-        t1 = time.perf_counter()
-        # ------------------------------------------------------------ 2. rollouts
-        batch = [train_set[i] for i in row_ids.tolist()]
-        rollouts = engine.generate([train_set[i].prompt for i in ids.tolist()], cfg.group,
-                                   temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-        t2 = time.perf_counter()
-        # ------------------------------------------------------------ 3. rewards (the task's own check)
-        rewards = torch.tensor(task.score(rollouts.texts, batch), dtype=torch.float64)
-        # ------------------------------------------------------------ 4. advantages
-        if spo is not None:  # (r - v) normalised over the whole batch
-            adv, adv_raw = spo.advantages(rewards, baselines)
-        else:  # group baselines
-            adv, adv_raw = group_advantages(cfg, rewards)
-        t3 = time.perf_counter()
-        # ------------------------------------------------------------ 5. loss and optimiser
-        if cfg.vllm_sleep:  # colocated on one GPU: vLLM hands its memory to the update and D's re-scoring
-            engine.sleep()
-        loss_stats = ppo_update(cfg, model, optimizer, rollouts, adv, gen, ref_model)
-        t4 = time.perf_counter()
-        # ------------------------------------------------------------ 6. tracker update (after the policy update)
-        if spo is not None:
-            D = divergence.divergence(score, row_ids, rollouts) if divergence is not None else None
-            rho = spo.observe(row_ids, rewards, D)
-            m.update({"tracker/rho_mean": float(rho.mean()), "tracker/rho_min": float(rho.min()),
-                      "tracker/D_mean": float(D.mean()) if D is not None else 0.0,
-                      "tracker/D_max": float(D.max()) if D is not None else 0.0,
-                      **spo.stats(), "sampled/v_mean": float(v_before.mean())})
-        t5 = time.perf_counter()
-        # ------------------------------------------------------------ 7. the engine samples the updated policy next
-        if cfg.vllm_sleep:
-            engine.wake_up()
-        engine.sync_weights(model)
-        t_sync = time.perf_counter() - t5
-        responses += len(rollouts)
-        tokens += rollouts.num_tokens
-        # ------------------------------------------------------------ metrics
-        m.update({
-            "responses": responses, "responses_incl_init": responses + offline_responses, "tokens": tokens,
-            "reward/mean": float(rewards.mean()), "reward/var": _var(rewards),
-            "adv/raw_var": _var(adv_raw), "adv/var": _var(adv),
-            "adv/zero_frac": float((adv.abs() < 1e-4).double().mean()),
-            "truncated_frac": float(rollouts.truncated.double().mean()),
-            **{f"loss/{k}": v for k, v in loss_stats.items()},
-            "time/sample": t1 - t0, "time/generate": t2 - t1, "time/score": t3 - t2,
-            "time/update": t4 - t3, "time/tracker": t5 - t4, "time/sync": t_sync,
-        })
-        if group_vals is not None:
-            m[f"sampled/{key}_mean"] = float(group_vals[row_ids].mean())
-        if cfg.group > 1:
-            deg = degenerate_mask(rewards, cfg.group)
-            m["grpo/degenerate_frac"] = float(deg.double().mean())
-            nondeg = adv.view(-1, cfg.group)[~deg].reshape(-1)
-            m["adv/var_nondegenerate"] = _var(nondeg) if nondeg.numel() > 1 else None
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            t6 = time.perf_counter()
-            m.update(evaluate(step + 1))
-            m["time/eval"] = time.perf_counter() - t6
-            bar.set_postfix(reward=f"{m['reward/mean']:.2f}", greedy=f"{m['eval/greedy_acc']:.3f}")
-        folder.append(log, m)
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
-            save_checkpoint(step + 1)
-        if on_step is not None:
-            on_step(m)
-    log.close()
-    if not cfg.keep_checkpoints:  # a finished run: its metrics and final model are the results
-        folder.remove_checkpoints(cfg.steps)
-    if cfg.save_model:
-        model.save_pretrained(out / "final_model")
-        tokenizer.save_pretrained(out / "final_model")
-    return out
+        _restore(run, ck)
+    elif isinstance(run.algo, SPO) and cfg.offline_init:
+        _offline_init(run, on_offline_chunk)
+    policy.eval()
+    return run
 
 
-def _var(x: torch.Tensor) -> float:
-    return float(x.double().var(unbiased=True)) if x.numel() > 1 else 0.0
+def _claim_folder(cfg: Config, folder: RunFolder, problems) -> dict | None:
+    """Check what resuming or overwriting ``--out`` means before anything is written; the checkpoint or None."""
+    settings = run_settings(cfg, problems)
+    ck = folder.load_checkpoint() if cfg.resume else None
+    if cfg.resume and (ck is not None or (folder.path / "config.json").exists()):
+        folder.check_resume(settings)  # a refused resume changes nothing
+    if ck is None:  # a new run (or a resume of a run killed before its first checkpoint)
+        folder.start_fresh(overwrite=cfg.overwrite or cfg.resume)
+    return ck
+
+
+def _check_before_loading(cfg: Config, folder: RunFolder, task) -> None:
+    """What can be refused before anything loads: nothing to resume, an unknown split, an unwritable cache."""
+    if cfg.resume:
+        folder.check_resumable()
+    splits = getattr(task if task is not None else task_class(cfg.task), "splits", None)
+    if splits is not None and cfg.eval_split not in splits:
+        raise UserError(f"--eval-split must be one of the {cfg.task if task is None else 'given'} task's splits "
+                        f"{tuple(splits)}, got {cfg.eval_split!r}")
+    if cfg.algo == "spo" and cfg.offline_init and not cfg.offline_values:
+        check_writable(cfg.cache_dir or user_cache_dir("offline"), "--cache-dir")
+
+
+def run_settings(cfg: Config, problems) -> dict:
+    """What ``config.json`` records: every setting, and the training data's content fingerprint (a
+    resume on changed data -- another file at the same path, the same prompts shuffled -- is refused)."""
+    return dataclasses.asdict(cfg) | {"data_fingerprint": problems_fingerprint(problems)}
+
+
+def build_algorithm(cfg: Config, num_prompts: int, generator: torch.Generator) -> Algorithm:
+    """The method ``cfg.algo`` names: :class:`SPO`, or a :class:`GroupBaseline` for the group methods."""
+    if cfg.algo == "spo":
+        return SPO(num_prompts, cfg.prompts_per_step, rho_min=cfg.rho_min, rho_max=cfg.rho_max, d_half=cfg.d_half,
+                   baseline=cfg.baseline, prioritized=cfg.sampling == "prioritized", eps=cfg.priority_eps,
+                   gamma=cfg.priority_gamma, thompson=cfg.thompson, seed=cfg.seed + 1, generator=generator)
+    return GroupBaseline(cfg.algo, cfg.group, num_prompts, cfg.prompts_per_step, generator=generator)
+
+
+def build_d_estimator(cfg: Config, problems, tokenizer):
+    """SPO's D(x) estimator for ``--rho-mode`` (official stored-response, or the cheaper clock), else None."""
+    if cfg.algo != "spo" or cfg.rho_mode == "constant":
+        return None
+    if cfg.rho_mode == "kl-clock":
+        return KLClock(len(problems))
+    width = max(len(tokenizer(p.prompt, add_special_tokens=False)["input_ids"]) for p in problems)
+    return ResponseCache(len(problems), width, cfg.max_new_tokens, tokenizer.pad_token_id)
+
+
+def _build_engine(cfg: Config, policy, tokenizer):
+    vllm_kwargs = {} if cfg.engine != "vllm" else {
+        k: v for k, v in (("gpu_memory_utilization", cfg.vllm_gpu_memory_utilization),
+                          ("max_model_len", cfg.vllm_max_model_len), ("enable_sleep_mode", cfg.vllm_sleep)) if v}
+    return build_engine(cfg.engine, model=policy, tokenizer=tokenizer, model_path=cfg.model, dtype=cfg.dtype,
+                        seed=cfg.seed, **vllm_kwargs)
+
+
+def _breakdown(task, problems) -> torch.Tensor | None:
+    """``[P]`` the task's numeric metadata value (e.g. level) per prompt, or None."""
+    key = breakdown_key(task)
+    if key and all(isinstance(p.meta.get(key), (int, float)) for p in problems):
+        return torch.tensor([p.meta[key] for p in problems], dtype=torch.float64)
+    return None
+
+
+def _offline_init(run: Run, on_offline_chunk=None) -> None:
+    """Initialise SPO's tracker from n0 samples per prompt (Sec. 3.3), imported or sampled (cached)."""
+    cfg, spo = run.cfg, run.algo
+    if cfg.offline_values:  # a missing prompt is an error, never weight 0
+        succ, trials = import_official_values(cfg.offline_values, run.problems, missing="error", max_scores=cfg.n0)
+        run.offline_responses = int(trials.sum())  # generated elsewhere, still part of the cost
+    else:
+        succ, trials = offline_counts(run.engine, run.task, run.problems, n0=cfg.n0, temperature=cfg.temperature,
+                                      max_new_tokens=cfg.max_new_tokens, device=next(run.policy.parameters()).device,
+                                      seed=cfg.seed if cfg.offline_seed < 0 else cfg.offline_seed,
+                                      model_key=model_fingerprint(run.policy),
+                                      cache_dir=cfg.cache_dir or user_cache_dir("offline"), progress=cfg.progress,
+                                      on_chunk=on_offline_chunk, info=run.offline_info)
+        run.offline_responses = cfg.n0 * len(run.problems)
+    spo.init_from_counts(succ, trials, mode=cfg.init_mode)
+
+
+# ====================================================================== checkpoints
+def save_checkpoint(run: Run, folder: RunFolder, step: int) -> None:
+    """Tensors and plain values only: loadable with ``weights_only=True``."""
+    state = {"model": run.policy.state_dict(), "optimizer": run.optimizer.state_dict(),
+             "rng": _rng_states(run.gen, next(run.policy.parameters()).device), "step": step,
+             "responses": run.responses, "tokens": run.tokens, "offline_responses": run.offline_responses,
+             "algorithm": run.algo.state_dict()}
+    if run.d_estimator is not None:
+        state["divergence"] = run.d_estimator.state_dict()
+    folder.save_checkpoint(state)
+
+
+def _restore(run: Run, ck: dict) -> None:
+    """Continue from a checkpoint: weights, optimiser, every RNG, the method's state and D's memory.
+
+    The offline pass is not run again: the checkpoint's tracker already holds what it gave."""
+    run.policy.load_state_dict(ck["model"])
+    run.optimizer.load_state_dict(ck["optimizer"])
+    _set_rng_states(ck["rng"], run.gen, next(run.policy.parameters()).device)
+    run.algo.load_state_dict(ck["algorithm"] if "algorithm" in ck else ck.get("spo", {}))
+    if run.d_estimator is not None:
+        run.d_estimator.load_state_dict(ck["divergence"])
+    run.start, run.responses, run.tokens = ck["step"], ck["responses"], ck["tokens"]
+    if "offline_responses" in ck:
+        run.offline_responses = ck["offline_responses"]
+    elif isinstance(run.algo, SPO) and run.cfg.offline_init:  # a checkpoint from before this field: count it again
+        run.offline_responses = run.cfg.n0 * len(run.problems)
+    run.engine.sync_weights(run.policy)  # ... and sample from the resumed weights
 
 
 def _rng_states(gen: torch.Generator, device: torch.device) -> dict:
@@ -551,6 +692,14 @@ def _field_docs(cls) -> dict[str, str]:
     return docs
 
 
+def _shown(default) -> str:
+    """A default as ``--help`` shows it: a path inside the installed package relative to it (no machine paths)."""
+    root = DEFAULT_MODEL_DIR.parent.parent
+    if isinstance(default, str) and default.startswith(str(root) + "/"):
+        return f"{Path(default).relative_to(root)}, bundled"
+    return repr(default) if default == "" else str(default)
+
+
 def parse_args(argv=None, cls=Config, defaults: dict | None = None):
     """Build an argparse parser from a config dataclass: ``--field-name value`` for every field.
 
@@ -566,8 +715,9 @@ def parse_args(argv=None, cls=Config, defaults: dict | None = None):
                                 help=docs.get(f.name))
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            parser.add_argument(flag, type=typ, default=defaults.get(f.name, f.default),
-                                help=f"{docs.get(f.name, '')} (default: %(default)s)")
+            default = defaults.get(f.name, f.default)
+            parser.add_argument(flag, type=typ, default=default,
+                                help=f"{docs.get(f.name, '')} (default: {_shown(default)})".replace("%", "%%"))
     cfg = cls(**vars(parser.parse_args(argv)))
     try:  # every setting is checked before anything loads, and the error names the flag
         cfg.validate()
@@ -583,4 +733,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)  # expected errors (flags, data, files, run folders): one line, exit 2; --debug: the traceback

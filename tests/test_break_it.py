@@ -4,11 +4,7 @@ Each test feeds one bad input to ``python -m spo_lab.evaluate`` or ``python -m s
 :func:`spo_lab.errors.cli_main` in-process, the code path of ``python -m``, or a subprocess where the
 process boundary matters) and checks that the answer is one clear line naming the flag, file or line,
 with no traceback, and that nothing was written that a corrected command would trip over. Everything
-runs on the session's toy model and data (``conftest.toy``), a few seconds per test.
-
-Tests marked ``xfail(reason="needs train.py wiring")`` describe behaviour whose building blocks exist
-(:mod:`spo_lab.run_folder`, :mod:`spo_lab.models`, :mod:`spo_lab.errors`) but that the trainer does
-not call yet; they turn into passes once it does.
+runs on the test session's toy model and data (``conftest.toy``), a few seconds per test.
 """
 
 from __future__ import annotations
@@ -30,7 +26,6 @@ from spo_lab.evaluate import main as evaluate_main
 from spo_lab.run_folder import RunFolder, RunFolderError, check_writable
 from spo_lab.train import Config, parse_args, train
 
-needs_wiring = pytest.mark.xfail(reason="needs train.py wiring", strict=False)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -400,7 +395,6 @@ def test_check_context_length_names_the_longest_prompt(toy):
 
 
 # ============================================================================ train: behaviour that needs wiring
-@needs_wiring
 def test_train_expected_errors_print_one_line_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "spo_lab.train", "--model", "/nonexistent/model", "--out",
                         str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -408,7 +402,6 @@ def test_train_expected_errors_print_one_line_without_traceback(tmp_path):
     assert "Traceback" not in r.stderr and "/nonexistent/model" in r.stderr.strip().splitlines()[-1]
 
 
-@needs_wiring
 def test_resume_does_not_redo_the_offline_pass(toy, tmp_path, done_run):
     out = copy_run(done_run, tmp_path)
     chunks = []  # another --cache-dir: the cached pass is not found, and must not be needed
@@ -417,7 +410,6 @@ def test_resume_does_not_redo_the_offline_pass(toy, tmp_path, done_run):
     assert chunks == []
 
 
-@needs_wiring
 def test_an_unwritable_cache_dir_fails_before_the_offline_pass(toy, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -427,7 +419,6 @@ def test_an_unwritable_cache_dir_fails_before_the_offline_pass(toy, tmp_path):
     assert chunks == []
 
 
-@needs_wiring
 def test_resume_refuses_changed_data_at_the_same_path(toy, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(toy / "data", data)
@@ -440,20 +431,17 @@ def test_resume_refuses_changed_data_at_the_same_path(toy, tmp_path):
         train(cfg_for(toy, out, data_dir=str(data), steps=2, resume=True))
 
 
-@needs_wiring
 def test_an_unknown_eval_split_is_refused_before_the_model_loads(toy, tmp_path):
     with pytest.raises(ValueError, match="--eval-split"):
         train(cfg_for(toy, tmp_path / "run", eval_split="bogus", model=str(tmp_path / "no-model-here")))
 
 
-@needs_wiring
 def test_spo_with_one_response_per_step_is_refused(capsys):
     with pytest.raises(SystemExit) as exc:
         parse_args(["--algo", "spo", "--responses-per-step", "1", "--mini-batches", "1"])
     assert exc.value.code == 2 and "--responses-per-step" in capsys.readouterr().err
 
 
-@needs_wiring
 def test_train_refuses_prompts_longer_than_the_context(toy, tmp_path):
     chunks = []
     with pytest.raises(UserError, match="max_position_embeddings"):

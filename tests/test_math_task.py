@@ -179,7 +179,7 @@ def _task(cache, **kw):
 
 def test_task_protocol_and_splits(cache):
     task = _task(cache)
-    assert isinstance(task, Task) and task.name == "math" and task.group_key == "source"
+    assert isinstance(task, Task) and task.name == "math" and task.breakdown_key == "source"
     train, val = task.load("train"), task.load("validation")
     assert (len(train), len(val)) == (5, 3) and task.dedup_stats.dropped == 0
     assert not {p.id for p in train} & {p.id for p in val}
@@ -197,17 +197,17 @@ def test_task_scores_and_extracts(cache):
     task = _task(cache)
     test = task.load("test")
     right = [f"Reasoning.\n\n\\boxed{{{p.answer}}}" for p in test]
-    assert task.score(right, test) == [1.0] * 30
+    assert task.reward(right, test) == [1.0] * 30
     wrong = ["\\boxed{0}"] * 29 + ["no box"]
-    assert task.score(wrong, test) == [0.0] * 30
+    assert task.reward(wrong, test) == [0.0] * 30
     assert task.extract("\\boxed{\\dfrac{2}{4}}") == task.extract("\\boxed{0.5}") == "1/2"
     assert task.extract("nothing") is None
     with pytest.raises(ValueError):
-        task.score(["a"], test[:2])
+        task.reward(["a"], test[:2])
     strict = _task(cache, reward="math_dapo", thinking=True)
     probs = strict.load("brumo25")  # answers like \frac{1}{2}: strict wants the exact string
-    assert strict.score(["<think>..</think>\\boxed{\\frac{1}{2}}", "\\boxed{\\sqrt{3}}"], probs[:2]) == [1.0, 0.0]
-    assert strict.score(["<think>..</think>\\boxed{0.5}"], probs[:1]) == [0.0]
+    assert strict.reward(["<think>..</think>\\boxed{\\frac{1}{2}}", "\\boxed{\\sqrt{3}}"], probs[:2]) == [1.0, 0.0]
+    assert strict.reward(["<think>..</think>\\boxed{0.5}"], probs[:1]) == [0.0]
     assert strict.extract("x \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
 
 

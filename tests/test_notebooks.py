@@ -222,7 +222,7 @@ def test_short_run_returns_long_metrics(toy):
                        steps=2, responses_per_step=8, group_size=4, eval_every=2, eval_max_prompts=5)
     assert list(df.columns[:2]) == ["run", "seed"]
     assert (df.run == "grpo-toy").all() and (df.seed == 3).all()
-    assert df.step.tolist() == [0, 1, 2] and "grpo/degenerate_frac" in df.columns
+    assert df.step.tolist() == [0, 1, 2] and "group/degenerate_frac" in df.columns
 
 
 def test_full_scale_notebook_labels_its_cpu_stand_in():

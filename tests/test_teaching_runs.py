@@ -121,13 +121,13 @@ def test_plot_metric_smooths_per_seed_before_averaging(metrics):
 
 def test_plot_metric_on_an_existing_axes(metrics):
     fig, ax = plt.subplots()
-    assert runs.plot_metric(metrics[metrics.run == "grpo"], "grpo/degenerate_frac", ax=ax) is ax
+    assert runs.plot_metric(metrics[metrics.run == "grpo"], "group/degenerate_frac", ax=ax) is ax
     assert _check_figure(ax, new_figure=False).get_ylabel() == "degenerate groups (fraction)"
 
 
 def test_phase_times_stack_every_phase(metrics):
     ax = _check_figure(runs.plot_phase_times(metrics))
-    assert {"sample", "generate", "score", "update", "tracker", "eval"} <= set(_legend_labels(ax))
+    assert {"sample", "generate", "reward", "update", "tracker", "eval"} <= set(_legend_labels(ax))
     # bar heights per run add up to the mean seconds per training step
     grpo = metrics[metrics.run == "grpo"]
     total = grpo.filter(like="time/").fillna(0).to_numpy().sum() / (grpo.step > 0).sum()

@@ -56,10 +56,10 @@ def test_labels_are_human_and_carry_units():
     for key, text in style.LABELS.items():
         assert " " in text and not RAW_KEY.search(text), f"{key}: {text!r}"
     assert style.label("eval/greedy_acc") == "held-out accuracy, greedy (fraction correct)"
-    assert style.label("grpo/degenerate_frac") == "degenerate groups (fraction)"
+    assert style.label("group/degenerate_frac") == "degenerate groups (fraction)"
     # every metric key the trainer logs that a notebook or the main job plots
     for key in ("eval/greedy_acc", "eval/sampled_acc", "reward/mean", "adv/raw_var", "adv/zero_frac",
-                "grpo/degenerate_frac", "responses", "responses_incl_init", "step"):
+                "group/degenerate_frac", "responses", "responses_incl_init", "step"):
         assert key in style.LABELS
     assert style.label("time/foo") == "foo time (seconds per step)"
     assert not RAW_KEY.search(style.label("loss/new_thing"))
@@ -126,13 +126,25 @@ def _imports(path: Path):
 
 
 def test_the_library_never_imports_teaching():
-    """teaching/ imports the library, never the reverse (experiment.py may draw its figures with teaching.runs)."""
+    """teaching/ imports the library, never the reverse (the report's figures, figures.py, draw with its style)."""
     offenders = []
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE)
-        if rel.parts[0] == "teaching" or rel.as_posix() == "experiment.py":
+        if rel.parts[0] == "teaching" or rel.as_posix() == "figures.py":
             continue
         offenders += [f"{rel}: {m}" for m in _imports(path) if "teaching" in m]
     assert not offenders
     for old in ("simulate.py", "plotting.py", "notebook.py"):
         assert not (PACKAGE / old).exists(), f"spo_lab/{old} moved to spo_lab/teaching/"
+
+
+def test_one_palette_for_every_figure():
+    """Colours are written down once, in spo_lab/palette.py; every figure (evaluation's pass@k included) uses it."""
+    import re
+
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "palette.py":
+            continue
+        offenders += [f"{path.relative_to(PACKAGE)}: {m}" for m in re.findall(r"[\"']#[0-9A-Fa-f]{6}[\"']", path.read_text())]
+    assert not offenders, offenders

@@ -43,7 +43,7 @@ def test_each_algorithm_trains_at_equal_response_budget(toy, tmp_path, algo):
     changed = [k for k, v in ck["model"].items() if not torch.equal(v, before[k])]
     assert changed, "no weight changed"
     if algo in ("grpo", "dr_grpo", "rloo"):
-        assert steps["grpo/degenerate_frac"].between(0, 1).all()
+        assert steps["group/degenerate_frac"].between(0, 1).all()
     if algo == "spo":
         assert {"tracker/rho_mean", "tracker/D_mean", "tracker/n_eff_mean", "tracker/value_hist"} <= set(df.columns)
         assert steps["tracker/rho_mean"].between(0.875, 0.96).all()
@@ -61,7 +61,7 @@ def test_resume_reproduces_an_uninterrupted_run(toy, tmp_path):
     pd.testing.assert_frame_equal(a[keep], b[keep])
     ca = torch.load(full / "checkpoint.pt", weights_only=False)
     cb = torch.load(resumed / "checkpoint.pt", weights_only=False)
-    assert torch.equal(ca["spo"]["tracker"]["alpha"], cb["spo"]["tracker"]["alpha"])
+    assert torch.equal(ca["algorithm"]["tracker"]["alpha"], cb["algorithm"]["tracker"]["alpha"])
     assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
 
 
@@ -71,8 +71,8 @@ def test_checkpoint_restores_tracker_state(toy, tmp_path):
     from spo_lab.tracker import ValueTracker
 
     t = ValueTracker(120)
-    t.load_state_dict(ck["spo"]["tracker"])
-    assert torch.equal(t.alpha, ck["spo"]["tracker"]["alpha"]) and not torch.allclose(t.alpha, torch.full((120,), 0.5, dtype=torch.float64))
+    t.load_state_dict(ck["algorithm"]["tracker"])
+    assert torch.equal(t.alpha, ck["algorithm"]["tracker"]["alpha"]) and not torch.allclose(t.alpha, torch.full((120,), 0.5, dtype=torch.float64))
 
 
 def test_unequal_budget_and_bad_options_are_rejected():
@@ -127,16 +127,16 @@ def test_divergence_estimators(toy):
     def score(*batch):
         return token_logprobs(model, *batch)
 
-    assert cache.divergence(score, ids, r).tolist() == [0.0, 0.0]  # first visit
-    assert clock.divergence(score, ids, r).tolist() == [0.0, 0.0]
+    assert cache.observe(score, ids, r).tolist() == [0.0, 0.0]  # first visit
+    assert clock.observe(score, ids, r).tolist() == [0.0, 0.0]
     # unchanged policy: the stored response scores the same -> D = 0
-    assert cache.divergence(score, ids, r).abs().max() < 1e-5
+    assert cache.observe(score, ids, r).abs().max() < 1e-5
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    d = cache.divergence(score, ids, r)
+    d = cache.observe(score, ids, r)
     assert (d > 1e-3).all()
-    d_clock = clock.divergence(score, ids, r)  # clock moved by this step's movement
+    d_clock = clock.observe(score, ids, r)  # clock moved by this step's movement
     assert (d_clock > 1e-3).all()
 
 
@@ -174,12 +174,12 @@ def test_divergence_of_a_batch_mixing_first_and_repeat_visits(toy):
     def score(*batch):
         return token_logprobs(model, *batch)
 
-    cache.divergence(score, torch.tensor([0, 1]), engine.generate(["1+2=", "34+56="], 1, max_new_tokens=6))
+    cache.observe(score, torch.tensor([0, 1]), engine.generate(["1+2=", "34+56="], 1, max_new_tokens=6))
     stored = {k: v[[0]].clone() for k, v in cache.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    d = cache.divergence(score, torch.tensor([4, 0]), engine.generate(["7+8=", "1+2="], 1, max_new_tokens=6))
+    d = cache.observe(score, torch.tensor([4, 0]), engine.generate(["7+8=", "1+2="], 1, max_new_tokens=6))
     assert d[0] == 0  # prompt 4: first visit
     with torch.no_grad():  # prompt 0: its stored response re-scored under the moved policy
         now = token_logprobs(model, stored["prompt_ids"], stored["prompt_mask"], stored["response_ids"],

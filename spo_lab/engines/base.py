@@ -18,27 +18,38 @@ Engines know nothing of tasks or of the trainer.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["Rollouts", "RolloutEngine", "seeded", "encode_prompts"]
+__all__ = ["Rollouts", "RolloutEngine", "build_rollouts", "seeded", "encode_prompts", "Turn", "cut_turn", "STOP_REASONS"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Rollouts:
-    """A batch of R = len(prompts) * n sampled responses (CPU tensors unless moved with ``to``).
+    """A batch of R sampled responses (CPU tensors unless moved with ``to``). Keyword-only: a field is
+    never filled by position, so adding one cannot shift the others.
 
     Attributes:
         prompt_ids: ``[R, P]`` left-padded prompt tokens.       prompt_mask: ``[R, P]`` 1 = real token.
         response_ids: ``[R, T]`` generated tokens, padded after the first <eos>.
-        response_mask: ``[R, T]`` 1 for generated tokens up to and including <eos>.
+        response_mask: ``[R, T]`` the attention mask of the response: 1 for every token the model sees,
+            up to and including <eos> (a tool's output included).
+        loss_mask: ``[R, T]`` 1 where the policy loss applies: the tokens the policy itself sampled.
+            Equal to ``response_mask`` unless a tool wrote some of the tokens (those are 0: attended to,
+            never trained on). The loss, the D estimators and :attr:`num_tokens` use it.
         logprobs: ``[R, T]`` float32 log-prob of each generated token under the sampling
             distribution (temperature applied, no top-k / top-p truncation), 0 where the mask is 0.
         texts: R decoded completions (special tokens dropped), what the reward function reads.
         truncated: ``[R]`` bool, True where no <eos> came within max_new_tokens.
+        prompt_index: ``[R]`` long, which prompt each row answers. From an engine: the position of the
+            prompt in the list given to ``generate`` (rows ``i*n .. i*n+n-1`` answer prompt i); the
+            trainer relabels it with the prompts' ids in the training set (:meth:`tagged`).
+        policy_version: ``[R]`` long, the number of policy updates applied to the weights that sampled
+            the row (0 = the initial policy; the trainer sets it with :meth:`tagged`).
     """
 
     prompt_ids: Tensor
@@ -46,42 +57,164 @@ class Rollouts:
     response_ids: Tensor
     response_mask: Tensor
     logprobs: Tensor
-    texts: list[str] = field(default_factory=list)
-    truncated: Tensor | None = None
+    texts: list[str]
+    truncated: Tensor
+    prompt_index: Tensor
+    loss_mask: Tensor | None = None
+    policy_version: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss_mask is None:
+            self.loss_mask = self.response_mask.clone()
+        if self.policy_version is None:
+            self.policy_version = torch.zeros(len(self), dtype=torch.long, device=self.response_ids.device)
+        R, T = self.response_ids.shape
+        shapes = {"response_mask": (R, T), "loss_mask": (R, T), "logprobs": (R, T), "truncated": (R,),
+                  "prompt_index": (R,), "policy_version": (R,), "prompt_mask": tuple(self.prompt_ids.shape)}
+        for name, want in shapes.items():
+            if tuple(getattr(self, name).shape) != want:
+                raise ValueError(f"Rollouts.{name} has shape {tuple(getattr(self, name).shape)}, expected {want}")
+        if self.prompt_ids.dim() != 2 or self.prompt_ids.shape[0] != R:
+            raise ValueError(f"Rollouts.prompt_ids has shape {tuple(self.prompt_ids.shape)}, expected ({R}, P)")
+        if len(self.texts) != R:
+            raise ValueError(f"Rollouts.texts has {len(self.texts)} entries for {R} rows")
+        if bool((self.loss_mask.bool() & ~self.response_mask.bool()).any()):
+            raise ValueError("Rollouts.loss_mask is 1 where response_mask is 0: a trained token must be attended to")
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
 
     @property
     def num_tokens(self) -> int:
-        """Generated tokens that count (up to and including <eos>)."""
-        return int(self.response_mask.sum())
+        """Tokens the policy sampled and is trained on (``loss_mask``: up to and including <eos>)."""
+        return int(self.loss_mask.sum())
 
     def select(self, idx) -> "Rollouts":
         """The sub-batch of rows ``idx`` (a sequence or 1-D tensor of row indices)."""
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.response_ids.device)
-        pick = lambda t: t.index_select(0, idx)  # noqa: E731
-        return Rollouts(
-            prompt_ids=pick(self.prompt_ids),
-            prompt_mask=pick(self.prompt_mask),
-            response_ids=pick(self.response_ids),
-            response_mask=pick(self.response_mask),
-            logprobs=pick(self.logprobs),
-            texts=[self.texts[i] for i in idx.tolist()],
-            truncated=None if self.truncated is None else pick(self.truncated),
-        )
+        rows = idx.tolist()
+        return self._map(lambda t: t.index_select(0, idx), texts=[self.texts[i] for i in rows])
 
     def to(self, device) -> "Rollouts":
         """The same rollouts with every tensor on ``device``."""
-        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Rollouts(mv(self.prompt_ids), mv(self.prompt_mask), mv(self.response_ids), mv(self.response_mask),
-                        mv(self.logprobs), list(self.texts), mv(self.truncated))
+        return self._map(lambda t: t.to(device), texts=list(self.texts))
+
+    def tagged(self, prompt_ids: Tensor, n: int, policy_version: int) -> "Rollouts":
+        """Relabel rows with the ids of the prompts they answer and the version of the weights that sampled them.
+
+        ``prompt_ids[i]`` is the id of the i-th prompt given to ``generate``; ``n`` responses each. Checks
+        that the engine kept the layout (rows ``i*n .. i*n+n-1`` answer prompt i) instead of trusting it.
+        """
+        prompt_ids = torch.as_tensor(prompt_ids, dtype=torch.long)
+        expected = torch.arange(len(prompt_ids)).repeat_interleave(n)
+        if not torch.equal(self.prompt_index.cpu(), expected):
+            raise ValueError(f"the engine returned rows out of the protocol's order (prompt i's {n} responses "
+                             "must be rows i*n .. i*n+n-1)")
+        return dataclasses.replace(self, prompt_index=prompt_ids[self.prompt_index.cpu()],
+                                   policy_version=torch.full((len(self),), int(policy_version), dtype=torch.long))
+
+    def _map(self, fn, texts: list[str]) -> "Rollouts":
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return Rollouts(**{k: (v if k == "texts" else fn(v)) for k, v in kw.items()} | {"texts": texts})
+
+
+def build_rollouts(tokenizer, *, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
+                   logprobs: Tensor, n: int, lengths: Tensor | None = None) -> Rollouts:
+    """The one place that turns an engine's raw output into :class:`Rollouts` (every engine calls it).
+
+    Args:
+        tokenizer: gives the <eos> and pad ids and decodes the texts.
+        prompt_ids, prompt_mask: ``[R, P]`` the left-padded prompts, each repeated n times.
+        response_ids: ``[R, T]`` the sampled tokens, anything after a row's end.
+        logprobs: ``[R, T]`` their log-probs under the sampling distribution.
+        n: responses per prompt (rows ``i*n .. i*n+n-1`` answer prompt i).
+        lengths: ``[R]`` tokens each row really generated (None: all T; rows stop early at <eos>).
+
+    Everything after a row's first <eos> (or past its length) becomes padding: pad id, mask 0,
+    log-prob 0 (selected with ``where``, so a -inf log-prob of a padded position cannot become NaN).
+    """
+    R, T = response_ids.shape
+    if logprobs.shape != (R, T) or prompt_ids.shape[0] != R or prompt_mask.shape != prompt_ids.shape:
+        raise ValueError(f"engine output shapes disagree: response_ids {tuple(response_ids.shape)}, logprobs "
+                         f"{tuple(logprobs.shape)}, prompt_ids {tuple(prompt_ids.shape)}")
+    if R % n:
+        raise ValueError(f"{R} rows are not a whole number of groups of n = {n}")
+    generated = (torch.ones(R, T, dtype=torch.bool) if lengths is None
+                 else torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1))  # False past a row's last token
+    is_eos = (response_ids == tokenizer.eos_token_id) & generated
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # tokens up to and including the first <eos> stay
+    mask = (generated & ~after_eos).long()
+    response_ids = response_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    logprobs = torch.where(mask.bool(), logprobs.float(), 0.0)
+    if not bool(torch.isfinite(logprobs).all()):
+        raise ValueError("the engine returned a non-finite log-prob for a sampled token")
+    return Rollouts(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids, response_mask=mask,
+        logprobs=logprobs, texts=tokenizer.batch_decode(response_ids, skip_special_tokens=True),
+        truncated=~is_eos.any(dim=1), prompt_index=torch.arange(R // n).repeat_interleave(n),
+    )
 
 
 def encode_prompts(tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:
     """Left-padded ``(ids, mask)`` of shape ``[len(prompts), P]``; no special tokens added (every engine)."""
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
     return enc["input_ids"], enc["attention_mask"]
+
+
+# ---------------------------------------------------------------------- continuing a sequence by one turn
+#: Why a turn ended: the stop string, <eos>, or its token budget.
+STOP_REASONS = ("stop", "eos", "length")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One continuation of a prefix: ``token_ids`` sampled, their ``logprobs`` (temperature-scaled,
+    untruncated), and ``stop_reason``: ``"stop"`` (ends with the tokens that complete the stop string),
+    ``"eos"`` (ends with <eos>) or ``"length"`` (its token budget ran out)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    stop_reason: str
+
+    def __post_init__(self) -> None:
+        if len(self.token_ids) != len(self.logprobs):
+            raise ValueError(f"a turn has {len(self.token_ids)} tokens and {len(self.logprobs)} log-probs")
+        if self.stop_reason not in STOP_REASONS:
+            raise ValueError(f"stop_reason must be one of {STOP_REASONS}, got {self.stop_reason!r}")
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def cut_turn(tokenizer, token_ids: list[int], stop: str | None, *, budget: int) -> tuple[int, str]:
+    """Where a sampled continuation ends, exactly, and why: ``(k, reason)``, keep ``token_ids[:k]``.
+
+    The end is the first of: the first <eos> (kept; ``"eos"``), the token that completes the first
+    occurrence of ``stop`` in the decoded text (kept, with whatever else that token holds; ``"stop"``),
+    or ``budget`` tokens (``"length"``). A batched backend may generate past a row's end; this cut is
+    exact at a token boundary whatever came after. Only the continuation is searched: a stop string
+    that would start in the prefix does not count.
+    """
+    ids = list(token_ids[:budget])
+    eos = tokenizer.eos_token_id
+    k_eos = ids.index(eos) + 1 if eos in ids else None
+    head = ids[:k_eos] if k_eos is not None else ids
+    k_stop = None
+    if stop and stop in _decode(tokenizer, head):
+        lo, hi = 1, len(head)  # the smallest k with stop in decode(head[:k]): the token completing it
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if stop in _decode(tokenizer, head[:mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        k_stop = lo
+    if k_stop is not None:
+        return k_stop, "stop"
+    if k_eos is not None:
+        return k_eos, "eos"
+    return len(ids), "length"
 
 
 @runtime_checkable

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from .base import Rollouts, encode_prompts
+from .base import Rollouts, Turn, build_rollouts, cut_turn, encode_prompts
 
 __all__ = ["HFEngine"]
 
@@ -70,20 +70,10 @@ class HFEngine:
         out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
         self.model.train(was_training)
 
-        resp = out.sequences[:, ids.shape[1] :].cpu()
-        is_eos = resp == tok.eos_token_id
-        # tokens up to and including the first <eos>; everything after it is padding
-        after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
-        resp_mask = (~after_eos).long()
-        resp = resp.masked_fill(after_eos, tok.pad_token_id)
         logits = torch.stack(out.logits, dim=1).float().cpu() / (1.0 if greedy else temperature)
+        resp = out.sequences[:, ids.shape[1] :].cpu()
         logp = torch.log_softmax(logits, dim=-1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
-        logp = logp * resp_mask
-        texts = tok.batch_decode(resp * resp_mask + tok.pad_token_id * (1 - resp_mask), skip_special_tokens=True)
-        return Rollouts(
-            prompt_ids=ids, prompt_mask=mask, response_ids=resp, response_mask=resp_mask,
-            logprobs=logp, texts=texts, truncated=~is_eos.any(dim=1),
-        )
+        return build_rollouts(tok, prompt_ids=ids, prompt_mask=mask, response_ids=resp, logprobs=logp, n=n)
 
     @torch.no_grad()
     def continue_tokens(
@@ -94,16 +84,15 @@ class HFEngine:
 
         A row ends at <eos>, at the token that completes ``stop`` in the decoded text of its new tokens
         (that token is kept), or after its own ``max_new_tokens`` (an int for all rows, or one per row).
-        Returns one :class:`spo_lab.tools.engine.Turn` per prefix: the new token ids, their log-probs under
+        Returns one :class:`~spo_lab.engines.base.Turn` per prefix: the new token ids, their log-probs under
         the temperature-scaled distribution (untruncated, exactly as :meth:`generate`), and why it ended.
         The prefixes are left-padded into one batch; positions count real tokens only, as in
         :meth:`generate`, so the log-probs are those :func:`spo_lab.models.token_logprobs` gives on the
         whole sequence. A row is stopped by decoding the tail of its new tokens after each step (any
         tokenizer; ``transformers``' own ``stop_strings`` needs a vocabulary that can spell "abcdef");
-        the batch runs on until every row has ended, and :func:`spo_lab.tools.engine.cut_turn` cuts each
+        the batch runs on until every row has ended, and :func:`~spo_lab.engines.base.cut_turn` cuts each
         row exactly.
         """
-        from ..tools.engine import Turn, cut_turn
 
         R = len(prefixes)
         budgets = [int(max_new_tokens)] * R if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]

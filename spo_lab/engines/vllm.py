@@ -71,7 +71,7 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides vl
     ) from e
 
 from ..models import is_lora, load_tokenizer, resolve_device, resolve_dtype
-from .base import Rollouts, encode_prompts
+from .base import Rollouts, Turn, build_rollouts, cut_turn, encode_prompts
 
 __all__ = ["VLLMEngine"]
 
@@ -260,18 +260,8 @@ class VLLMEngine:
             resp[r, : len(t_ids)] = torch.tensor(t_ids, dtype=torch.long)
             logp[r, : len(t_ids)] = torch.tensor([lp[t].logprob for lp, t in zip(c.logprobs, t_ids)],
                                                  dtype=torch.float32)
-        generated = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # False past a row's last token
-        is_eos = (resp == tok.eos_token_id) & generated
-        # tokens up to and including the first <eos>; everything after it is padding (as HFEngine)
-        after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
-        resp_mask = (generated & ~after_eos).long()
-        resp = resp.masked_fill(resp_mask == 0, tok.pad_token_id)
-        logp = logp * resp_mask
-        texts = tok.batch_decode(resp, skip_special_tokens=True)
-        return Rollouts(
-            prompt_ids=ids, prompt_mask=mask, response_ids=resp, response_mask=resp_mask,
-            logprobs=logp, texts=texts, truncated=~is_eos.any(dim=1),
-        )
+        return build_rollouts(tok, prompt_ids=ids, prompt_mask=mask, response_ids=resp, logprobs=logp, n=n,
+                              lengths=lengths)
 
     def continue_tokens(
         self, prefixes: list[list[int]], *, max_new_tokens: int | list[int], temperature: float = 1.0,
@@ -284,12 +274,11 @@ class VLLMEngine:
         vLLM's prefix cache reuses the earlier turns' KV blocks), seeded as :meth:`generate` seeds its rows
         (one draw from torch's global generator per call, then one seed per row). A row stops at <eos>, at
         ``stop`` (``SamplingParams.stop`` with ``include_stop_str_in_output``; vLLM then detokenises that
-        request to find it) or after its own ``max_new_tokens``; :func:`spo_lab.tools.engine.cut_turn` then
+        request to find it) or after its own ``max_new_tokens``; :func:`~spo_lab.engines.base.cut_turn` then
         cuts every row exactly as ``HFEngine`` does: up to and including the token that completes ``stop``.
         Log-probs: vLLM's processed ones, as in :meth:`generate` (temperature-scaled; truncated by
         top_k / top_p when those are on, with the same one-time warning).
         """
-        from ..tools.engine import Turn, cut_turn
 
         R = len(prefixes)
         budgets = [int(max_new_tokens)] * R if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]

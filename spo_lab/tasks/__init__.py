@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Problem, Task, content_id, problems_fingerprint
+from .base import Problem, Task, breakdown_key, content_id, problems_fingerprint
 
-__all__ = ["Problem", "Task", "content_id", "problems_fingerprint", "TASKS", "get_task"]
+__all__ = ["Problem", "Task", "content_id", "problems_fingerprint", "TASKS", "get_task", "task_class", "breakdown_key"]
 
 TASKS: dict[str, str] = {
     "arith": "spo_lab.tasks.arith:ArithTask",
@@ -23,9 +23,14 @@ TASKS: dict[str, str] = {
 """Task name -> ``module:class``; imported on first use (the math task needs ``datasets``)."""
 
 
-def get_task(name: str, **kwargs) -> Task:
-    """Build the task registered as ``name`` with its keyword arguments (e.g. ``data_dir=``)."""
+def task_class(name: str) -> type:
+    """The class registered as ``name`` (not built: its class attributes, e.g. ``splits``, need no data)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
     module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_task(name: str, **kwargs) -> Task:
+    """Build the task registered as ``name`` with its keyword arguments (e.g. ``data_dir=``)."""
+    return task_class(name)(**kwargs)

@@ -61,6 +61,7 @@ __all__ = [
     "LEVELS",
     "LEVEL_WEIGHTS",
     "DEFAULT_DATA_DIR",
+    "AdditionProblem",
     "Problem",
     "problem_id",
     "count_carries",
@@ -104,8 +105,8 @@ _CANONICAL_INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 
 
 @dataclass(frozen=True)
-class Problem:
-    """One addition prompt and its verified answer.
+class AdditionProblem:
+    """One addition prompt and its verified answer (the task protocol's problem, with the addition's fields).
 
     Attributes:
         id: ``problem_id(prompt)``, a stable content hash (12 hex characters).
@@ -157,11 +158,14 @@ def count_carries(operands: Iterable[int]) -> int:
     return carries
 
 
-def make_problem(operands: Iterable[int], level: int) -> Problem:
+Problem = AdditionProblem  # the old name, kept for one release (spo_lab.tasks.Problem is the protocol's)
+
+
+def make_problem(operands: Iterable[int], level: int) -> AdditionProblem:
     """Build the ``Problem`` for ``operands[0] + operands[1] + ...`` with all fields filled in."""
     operands = tuple(int(x) for x in operands)
     prompt = "+".join(str(x) for x in operands) + "="
-    return Problem(
+    return AdditionProblem(
         id=problem_id(prompt),
         prompt=prompt,
         answer=str(sum(operands)),
@@ -178,7 +182,7 @@ def _random_operand(rng: random.Random, n_digits: int) -> int:
     return rng.randint(low, 10**n_digits - 1)
 
 
-def sample_problem(rng: random.Random, level: int) -> Problem:
+def sample_problem(rng: random.Random, level: int) -> AdditionProblem:
     """Draw one problem of ``level``: operands with the level's digit counts, in shuffled order."""
     if level not in LEVELS:
         raise ValueError(f"unknown level {level}; known levels: {sorted(LEVELS)}")
@@ -204,7 +208,7 @@ def generate_problems(
     level_weights: Mapping[int, float] | None = None,
     pool: str = "rl",
     exclude: Iterable[str] = (),
-) -> list[Problem]:
+) -> list[AdditionProblem]:
     """Draw ``n`` distinct problems from one ``pool``, deterministically for a given ``seed``.
 
     Each problem's level is drawn from ``level_weights`` (default ``LEVEL_WEIGHTS``), then its
@@ -225,7 +229,7 @@ def generate_problems(
     rng = random.Random(seed)
     levels, probs = list(weights), list(weights.values())
     seen = set(exclude)
-    problems: list[Problem] = []
+    problems: list[AdditionProblem] = []
     max_draws = 100 * n + 1000
     for _ in range(max_draws):
         if len(problems) == n:
@@ -239,7 +243,7 @@ def generate_problems(
     return problems
 
 
-def save_problems(problems: Iterable[Problem], path: str | Path) -> None:
+def save_problems(problems: Iterable[AdditionProblem], path: str | Path) -> None:
     """Write problems as JSON lines (one object per problem, keys as in ``Problem``)."""
     with open(path, "w", encoding="utf-8") as f:
         for problem in problems:
@@ -265,7 +269,7 @@ def data_folder(data: str | Path | None) -> Path:
     return p
 
 
-def load_problems(split: str, data_dir: str | Path | None = None) -> list[Problem]:
+def load_problems(split: str, data_dir: str | Path | None = None) -> list[AdditionProblem]:
     """Load ``train``, ``validation`` or ``test`` problems from ``<data_dir>/<split>.jsonl``, checking every line.
 
     ``data_dir`` defaults to ``DEFAULT_DATA_DIR`` (the repository's ``data/arith``); a path to one of
@@ -287,7 +291,7 @@ def load_problems(split: str, data_dir: str | Path | None = None) -> list[Proble
         raise FileNotFoundError(f"no {split} problems at {path}; an arith data folder holds "
                                 f"{', '.join(s + '.jsonl' for s in SPLITS)} (`python scripts/build_tiny_model.py "
                                 "--seed 0 --out data` writes the bundled ones)")
-    fields = [f.name for f in fields_of(Problem)]
+    fields = [f.name for f in fields_of(AdditionProblem)]
     problems, first_line = [], {}
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
@@ -329,8 +333,8 @@ def load_problems(split: str, data_dir: str | Path | None = None) -> list[Proble
     return problems
 
 
-def _checked_problem(row: dict, where: str) -> Problem:
-    """A Problem from a JSON row whose id, prompt, answer, level and derived fields agree (UserError otherwise)."""
+def _checked_problem(row: dict, where: str) -> AdditionProblem:
+    """A AdditionProblem from a JSON row whose id, prompt, answer, level and derived fields agree (UserError otherwise)."""
     ops = row["operands"]
     if not (isinstance(ops, list) and len(ops) >= 2 and all(type(x) is int and x >= 0 for x in ops)):
         raise UserError(f"{where}: operands must be a list of >= 2 non-negative integers, got {shorten(ops)}")
@@ -400,18 +404,22 @@ class ArithTask:
     """
 
     name = "arith"
-    group_key = "level"
+    breakdown_key = "level"
+    group_key = breakdown_key  # the old name, kept for one release
     splits = SPLITS
     """What ``load`` accepts: checked against ``--eval-split`` before the model loads."""
 
     def __init__(self, data: str | Path | None = None, *, tokenizer=None):
         self.data_dir = data_folder(data)
 
-    def load(self, split: str) -> list[Problem]:
+    def load(self, split: str) -> list[AdditionProblem]:
         return load_problems(split, self.data_dir)
 
-    def score(self, completions, problems) -> list[float]:
+    def reward(self, completions, problems) -> list[float]:
+        """1.0 where a completion's answer is the sum, else 0.0; one per completion."""
         return [reward(c, p.answer) for c, p in zip(completions, problems, strict=True)]
+
+    score = reward  # the old name, kept for one release
 
     def extract(self, completion: str) -> int | None:
         return parse_answer(completion) if isinstance(completion, str) else None

@@ -4,9 +4,9 @@ A *task* is anything with
 
     task.name                       short name, e.g. "arith" or "math"
     task.load(split)                -> list of problems (split: "train", "validation", "test", ...)
-    task.score(completions, problems) -> list of rewards in [0, 1], one per completion
+    task.reward(completions, problems) -> list of rewards in [0, 1], one per completion (TRL's reward callables)
     task.extract(completion)        -> the final answer a completion gives (hashable), or None
-    task.group_key                  a metadata key to break metrics down by ("level", "source"), or None
+    task.breakdown_key              a metadata key to break metrics down by ("level", "source"), or None
 
 and a *problem* is anything with ``id`` (a stable content id), ``prompt`` (the exact text the
 policy continues), ``answer`` (the reference answer, a string) and ``meta`` (a mapping of free-form
@@ -25,7 +25,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Problem", "Task", "content_id", "problems_fingerprint"]
+__all__ = ["Problem", "Task", "content_id", "problems_fingerprint", "breakdown_key"]
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,19 @@ class Task(Protocol):
     """The task protocol (see the module docstring)."""
 
     name: str
-    group_key: str | None
+    breakdown_key: str | None
 
     def load(self, split: str) -> list: ...
 
-    def score(self, completions: Sequence[str], problems: Sequence) -> list[float]: ...
+    def reward(self, completions: Sequence[str], problems: Sequence) -> list[float]: ...
 
     def extract(self, completion: str) -> Hashable | None: ...
+
+
+def breakdown_key(task) -> str | None:
+    """The metadata key a task's metrics are broken down by (``breakdown_key``; ``group_key``, its old
+    name, still read for one release), or None. Not the G of GRPO's groups."""
+    return getattr(task, "breakdown_key", getattr(task, "group_key", None))
 
 
 def content_id(*parts: str, length: int = 12) -> str:

@@ -320,11 +320,12 @@ class MathTask:
 
     ``load(split)``: ``"train"``, ``"validation"``, ``"test"`` or a benchmark name. Problems carry
     ``meta["source"]`` (the benchmark name, or the training row's ``data_source``), the
-    ``group_key`` of per-group metrics. ``dedup_stats`` says how many training rows were repeats.
+    ``breakdown_key`` of per-group metrics. ``dedup_stats`` says how many training rows were repeats.
     """
 
     name = "math"
-    group_key = "source"
+    breakdown_key = "source"
+    group_key = breakdown_key  # the old name, kept for one release
     splits = ("train", "validation", "test", *BENCHMARKS)
     """What ``load`` accepts: checked against ``--eval-split`` before the model loads."""
 
@@ -346,7 +347,7 @@ class MathTask:
         if isinstance(validation_size, bool) or not isinstance(validation_size, (int, float)) or not (
                 isinstance(validation_size, int) and validation_size >= 0 or 0 < validation_size < 1):
             raise UserError(f"validation_size must be an int >= 0 or a fraction in (0, 1), got {validation_size!r}")
-        self.source, self.config, self.reward, self.style = data or "dapo", config, reward, style
+        self.source, self.config, self.checker, self.style = data or "dapo", config, reward, style
         self.tokenizer, self.thinking, self.timeout, self.workers = tokenizer, thinking, timeout, workers
         self.validation_size, self.test, self.cache_dir = validation_size, tests, cache_dir
         self.benchmark_paths = dict(benchmark_paths or {})
@@ -382,18 +383,20 @@ class MathTask:
                                   thinking=self.thinking, style=self.style, cache_dir=self.cache_dir)
         return out
 
-    def score(self, completions: Sequence[str], problems: Sequence) -> list[float]:
+    def reward(self, completions: Sequence[str], problems: Sequence) -> list[float]:
         """Binary rewards, one per completion (``problems[i].answer`` is the gold answer)."""
         if len(completions) != len(problems):
             raise ValueError(f"{len(completions)} completions but {len(problems)} problems")
         golds = [p.answer for p in problems]
-        if self.reward == "math_dapo":
+        if self.checker == "math_dapo":
             return [math_dapo_reward(c, g, require_think_close=self.thinking) for c, g in zip(completions, golds)]
         return score_batch(completions, golds, timeout=self.timeout, workers=self.workers)
+
+    score = reward  # the old name, kept for one release
 
     def extract(self, completion: str) -> Hashable | None:
         """The final answer maj@k votes over: the normalised last boxed answer (math-verify reward) or
         the recipe's strict extraction (math_dapo); None without one."""
-        if self.reward == "math_dapo":
+        if self.checker == "math_dapo":
             return math_dapo_extract(completion)
         return extract_answer(completion)

@@ -22,9 +22,11 @@ from pathlib import Path
 from ..paths import user_cache_dir
 from . import style
 
-__all__ = ["PROFILES", "profile", "pick", "in_colab", "repo_url", "setup", "notebook_cache_dir", "short_run"]
+__all__ = ["NOTEBOOK_PROFILES", "PROFILES", "profile", "pick", "in_colab", "repo_url", "setup", "notebook_cache_dir", "short_run"]
 
-PROFILES = ("default", "ci", "colab")
+NOTEBOOK_PROFILES = ("default", "ci", "colab")
+"""The notebooks' profiles (not :data:`spo_lab.profiles.PROFILES`, the GPU training profiles)."""
+PROFILES = NOTEBOOK_PROFILES  # the old name, kept for one release
 ENV_VAR = "SPO_LAB_PROFILE"
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -33,11 +35,11 @@ def profile(default: str = "default") -> str:
     """The run profile: ``$SPO_LAB_PROFILE`` if set (and not empty), else ``"colab"`` inside a Google
     Colab kernel (:func:`in_colab`), else ``default``. An explicit environment variable always wins.
 
-    Raises ValueError for a name outside :data:`PROFILES`.
+    Raises ValueError for a name outside :data:`NOTEBOOK_PROFILES`.
     """
     name = os.environ.get(ENV_VAR, "").strip() or ("colab" if in_colab() else default)
-    if name not in PROFILES:
-        raise ValueError(f"{ENV_VAR} must be one of {PROFILES}, got {name!r}")
+    if name not in NOTEBOOK_PROFILES:
+        raise ValueError(f"{ENV_VAR} must be one of {NOTEBOOK_PROFILES}, got {name!r}")
     return name
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .. import keys as k
 from . import style
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
     "plot_pass_at_k",
 ]
 
-X_AXES = ("responses", "responses_incl_init", "step")
+X_AXES = (k.RESPONSES, k.RESPONSES_INCL_INIT, k.STEP)
 """the training budgets a learning curve can be drawn against"""
 
 
@@ -69,7 +70,7 @@ def phase_times(df: pd.DataFrame) -> pd.DataFrame:
     d = df.copy()
     if "seed" not in d.columns:
         d["seed"] = 0
-    cols = [f"time/{p}" for p in style.PHASES if f"time/{p}" in d.columns]
+    cols = [k.time_key(p) for p in style.PHASES if k.time_key(p) in d.columns]
     cols += sorted(c for c in d.columns if c.startswith("time/") and c not in cols)
     if not cols:
         raise ValueError("no time/* columns")
@@ -89,10 +90,10 @@ def value_histogram_fractions(df_one_run: pd.DataFrame) -> pd.DataFrame:
     Returns:
         DataFrame indexed by step, one column per bin (named by its lower edge), rows summing to 1.
     """
-    d = df_one_run[df_one_run["tracker/value_hist"].notna()]
+    d = df_one_run[df_one_run[k.VALUE_HIST].notna()]
     if d.empty:
         raise ValueError("no tracker/value_hist rows (an SPO run is needed)")
-    hist = d.groupby("step")["tracker/value_hist"].apply(lambda s: np.mean(np.stack([np.asarray(h, float) for h in s]), axis=0))
+    hist = d.groupby(k.STEP)[k.VALUE_HIST].apply(lambda s: np.mean(np.stack([np.asarray(h, float) for h in s]), axis=0))
     h = np.stack(hist.to_numpy())
     bins = h.shape[1]
     return pd.DataFrame(h / h.sum(axis=1, keepdims=True), index=hist.index,
@@ -100,7 +101,7 @@ def value_histogram_fractions(df_one_run: pd.DataFrame) -> pd.DataFrame:
 
 
 # ====================================================================== figures
-def plot_learning_curves(df, *, y="eval/greedy_acc", x="responses", hue="run", ax=None, band="std"):
+def plot_learning_curves(df, *, y=k.GREEDY_ACC, x=k.RESPONSES, hue="run", ax=None, band="std"):
     """Held-out metric against training budget: mean over seeds, +-1 std band (over seeds) per run.
 
     Args:

@@ -16,6 +16,9 @@ from __future__ import annotations
 import matplotlib as mpl
 import numpy as np
 
+from .. import keys as k
+from ..palette import ALIASES, DPI, FALLBACK_COLORS, FIGSIZE, METHOD_COLORS, OTHER_COLORS, PHASE_COLOR_LIST
+
 __all__ = [
     "DPI",
     "FIGSIZE",
@@ -35,95 +38,48 @@ __all__ = [
     "seed_band",
 ]
 
-DPI = 110
-FIGSIZE = (5.0, 3.2)
+# Phases of one training step, in order (the trainer's time/* keys), then evaluation and the offline pass.
+PHASES = (*k.PHASES, "eval", "offline_init")
+PHASE_COLORS = dict(zip(PHASES, PHASE_COLOR_LIST))
 
-# One colour per method (the run names of spo_lab.experiment.RUNS), colour-blind-safe where possible:
-# SPO and its ablations in blues/greens, the group methods in oranges/reds/purples, references in greys.
-METHOD_COLORS: dict[str, str] = {
-    "spo": "#0072B2",  # blue
-    "spo-uniform": "#56B4E9",  # sky blue
-    "spo-no-init": "#009E73",  # bluish green
-    "spo-const-rho": "#9467BD",  # purple
-    "spo-kl-clock": "#17BECF",  # cyan
-    "spo-no-baseline": "#BCBD22",  # olive
-    "grpo": "#D55E00",  # vermillion
-    "dr_grpo": "#E69F00",  # orange
-    "rloo": "#CC79A7",  # reddish purple
-    "reinforce": "#8C564B",  # brown
-    "initial": "#4D4D4D",  # dark grey: the warm-start policy before any training
-    "paper": "#999999",  # light grey, always dashed: a number reported in the paper
-}
-
-# Curves of the simulations that are not a method of their own.
-OTHER_COLORS: dict[str, str] = {
-    "oracle": "#000000",  # the truth: true p, the oracle baseline r - p, the oracle sampler
-    "thompson": "#AA4499",  # prioritised sampling with v drawn from Beta(alpha, beta)
-}
-
-# Other names of the same method or reference: each gets the colour of the name it maps to.
-ALIASES: dict[str, str] = {
-    "warm start": "initial",
-    "init": "initial",
-    "true p": "oracle",
-    "oracle: r - p": "oracle",
-    # simulated estimators and samplers that ARE a method's rule
-    "SPO: r - v": "spo",
-    "prioritized": "spo",
-    "adaptive (logprob)": "spo",
-    "uniform": "spo-uniform",
-    "constant rho": "spo-const-rho",
-    "reward r": "spo-no-baseline",  # A = r: no baseline
-    "GRPO (all samples)": "grpo",
-    "GRPO (non-degenerate)": "grpo",
-}
-
-# Colours for curves that match nothing above, given in order within one figure.
-FALLBACK_COLORS = ("#332288", "#882255", "#DDCC77", "#CC6677", "#44AA99", "#6699CC", "#661100", "#999933")
-
-# Phases of one training step, in order (the trainer's time/* keys), with their bar colours.
-PHASES = ("sample", "generate", "score", "update", "tracker", "sync", "eval", "offline_init")
-PHASE_COLORS = dict(zip(PHASES, ("#56B4E9", "#E69F00", "#009E73", "#0072B2", "#CC79A7", "#F0E442", "#999999",
-                                 "#4D4D4D")))
-
-# Human axis labels, with units, for every key a plot helper is called with.
+# Human axis labels, with units, for every key a plot helper is called with (the keys: spo_lab.keys).
 LABELS: dict[str, str] = {
     # x axes of training runs
-    "step": "training step",
-    "responses": "training responses generated",
-    "responses_incl_init": "responses generated, incl. the offline init pass",
-    "tokens": "training tokens generated",
+    k.STEP: "training step",
+    k.RESPONSES: "training responses generated",
+    k.RESPONSES_INCL_INIT: "responses generated, incl. the offline init pass",
+    k.TOKENS: "training tokens generated",
     # held-out evaluation
-    "eval/greedy_acc": "held-out accuracy, greedy (fraction correct)",
-    "eval/sampled_acc": "held-out accuracy, sampled (fraction correct)",
+    k.GREEDY_ACC: "held-out accuracy, greedy (fraction correct)",
+    k.SAMPLED_ACC: "held-out accuracy, sampled (fraction correct)",
     # the training batch
-    "reward/mean": "training reward (fraction correct)",
-    "reward/var": "training reward variance (per batch)",
-    "adv/raw_var": "advantage variance before normalisation (per batch)",
-    "adv/var": "advantage variance after normalisation (per batch)",
-    "adv/var_nondegenerate": "advantage variance in non-degenerate groups (per batch)",
-    "adv/zero_frac": "zero-advantage samples (fraction)",
-    "grpo/degenerate_frac": "degenerate groups (fraction)",
-    "truncated_frac": "truncated responses (fraction)",
-    "sampled/level_mean": "difficulty level of the sampled prompts (mean)",
-    "sampled/v_mean": "tracker value v of the sampled prompts (mean)",
+    k.REWARD_MEAN: "training reward (fraction correct)",
+    k.REWARD_VAR: "training reward variance (per batch)",
+    k.ADV_RAW_VAR: "advantage variance before normalisation (per batch)",
+    k.ADV_VAR: "advantage variance after normalisation (per batch)",
+    k.ADV_VAR_NONDEGENERATE: "advantage variance in non-degenerate groups (per batch)",
+    k.ADV_ZERO_FRAC: "zero-advantage samples (fraction)",
+    k.DEGENERATE_FRAC: "degenerate groups (fraction)",
+    k.TRUNCATED_FRAC: "truncated responses (fraction)",
+    k.sampled_mean("level"): "difficulty level of the sampled prompts (mean)",
+    k.SAMPLED_V_MEAN: "tracker value v of the sampled prompts (mean)",
     # the value tracker
-    "tracker/rho_mean": "discount rho applied (batch mean)",
-    "tracker/rho_min": "discount rho applied (batch minimum)",
-    "tracker/D_mean": "policy divergence D (nats, batch mean)",
-    "tracker/D_max": "policy divergence D (nats, batch maximum)",
-    "tracker/n_eff_mean": "tracker window N (observations, mean over prompts)",
-    "tracker/v_mean": "tracker value v (mean over prompts)",
-    "tracker/value_hist": "tracker value v",
+    k.RHO_MEAN: "discount rho applied (batch mean)",
+    k.RHO_MIN: "discount rho applied (batch minimum)",
+    k.D_MEAN: "policy divergence D (nats, batch mean)",
+    k.D_MAX: "policy divergence D (nats, batch maximum)",
+    k.N_EFF_MEAN: "tracker window N (observations, mean over prompts)",
+    k.V_MEAN: "tracker value v (mean over prompts)",
+    k.VALUE_HIST: "tracker value v",
     # the loss
-    "loss/pg_loss": "policy-gradient loss (per token)",
-    "loss/clipfrac": "clipped tokens (fraction)",
-    "loss/dual_clipfrac": "dual-clipped tokens (fraction)",
-    "loss/approx_kl": "KL to the rollout policy (nats per token)",
-    "loss/ratio_mean": "importance ratio (mean per token)",
-    "loss/kl_ref": "KL to the reference policy (nats per token)",
+    k.LOSS + "pg_loss": "policy-gradient loss (per token)",
+    k.LOSS + "clipfrac": "clipped tokens (fraction)",
+    k.LOSS + "dual_clipfrac": "dual-clipped tokens (fraction)",
+    k.LOSS + "approx_kl": "KL to the rollout policy (nats per token)",
+    k.LOSS + "ratio_mean": "importance ratio (mean per token)",
+    k.LOSS + "kl_ref": "KL to the reference policy (nats per token)",
     # time
-    **{f"time/{p}": f"{p} time (seconds per step)" for p in PHASES},
+    **{k.time_key(p): f"{p} time (seconds per step)" for p in PHASES},
     # evaluation tables
     "pass@k": "pass@k (fraction of problems)",
     "maj@k": "maj@k (fraction of problems)",

@@ -68,7 +68,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..engines.base import Rollouts, encode_prompts
+from ..engines.base import STOP_REASONS, Rollouts, Turn, _decode, cut_turn, encode_prompts  # noqa: F401 (re-exported)
 from .sandbox import SANDBOX_ERROR_MESSAGE
 
 __all__ = [
@@ -87,63 +87,9 @@ CODE_OPEN, CODE_CLOSE = "<code>", "</code>"
 INTERPRETER_OPEN, INTERPRETER_CLOSE = "<interpreter>", "</interpreter>"
 #: What replaces the middle of a tool output longer than ``max_tool_chars`` characters.
 CUT_MARKER = "...(truncated)..."
-#: Why a turn ended: the stop string, <eos>, or its token budget.
-STOP_REASONS = ("stop", "eos", "length")
 
 _FENCE_OPEN = re.compile(r"^```[ \t]*(?:python|py)?[ \t]*\n?", re.IGNORECASE)
 _FENCE_CLOSE = re.compile(r"\n?```[ \t]*$")
-
-
-# ====================================================================== the continuation protocol
-@dataclass(frozen=True)
-class Turn:
-    """One continuation of a prefix: ``token_ids`` sampled, their ``logprobs`` (temperature-scaled,
-    untruncated), and ``stop_reason``: ``"stop"`` (ends with the tokens that complete the stop string),
-    ``"eos"`` (ends with <eos>) or ``"length"`` (its token budget ran out)."""
-
-    token_ids: list[int]
-    logprobs: list[float]
-    stop_reason: str
-
-    def __post_init__(self) -> None:
-        if len(self.token_ids) != len(self.logprobs):
-            raise ValueError(f"a turn has {len(self.token_ids)} tokens and {len(self.logprobs)} log-probs")
-        if self.stop_reason not in STOP_REASONS:
-            raise ValueError(f"stop_reason must be one of {STOP_REASONS}, got {self.stop_reason!r}")
-
-
-def _decode(tokenizer, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
-def cut_turn(tokenizer, token_ids: list[int], stop: str | None, *, budget: int) -> tuple[int, str]:
-    """Where a sampled continuation ends, exactly, and why: ``(k, reason)``, keep ``token_ids[:k]``.
-
-    The end is the first of: the first <eos> (kept; ``"eos"``), the token that completes the first
-    occurrence of ``stop`` in the decoded text (kept, with whatever else that token holds; ``"stop"``),
-    or ``budget`` tokens (``"length"``). A batched backend may generate past a row's end; this cut is
-    exact at a token boundary whatever came after. Only the continuation is searched: a stop string
-    that would start in the prefix does not count.
-    """
-    ids = list(token_ids[:budget])
-    eos = tokenizer.eos_token_id
-    k_eos = ids.index(eos) + 1 if eos in ids else None
-    head = ids[:k_eos] if k_eos is not None else ids
-    k_stop = None
-    if stop and stop in _decode(tokenizer, head):
-        lo, hi = 1, len(head)  # the smallest k with stop in decode(head[:k]): the token completing it
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if stop in _decode(tokenizer, head[:mid]):
-                hi = mid
-            else:
-                lo = mid + 1
-        k_stop = lo
-    if k_stop is not None:
-        return k_stop, "stop"
-    if k_eos is not None:
-        return k_eos, "eos"
-    return len(ids), "length"
 
 
 # ====================================================================== the format

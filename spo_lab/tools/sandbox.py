@@ -495,9 +495,8 @@ def _probe(python: str, uid: int, gid: int) -> _Plan:
         return _PROBES[key]
 
 
-def _measure(python: str, uid: int, gid: int) -> _Plan:
-    root = os.geteuid() == 0
-    reasons: dict[str, str] = {}
+def _namespace_flags(root: bool, reasons: dict[str, str]):
+    """``(unshare, flags, prefix, userns)``: which ``unshare`` flags work here; why not goes to ``reasons``."""
     unshare = shutil.which("unshare", path=_SANDBOX_PATH)
     flags: dict[str, list[str]] = {}
     prefix: list[str] = []
@@ -505,23 +504,30 @@ def _measure(python: str, uid: int, gid: int) -> _Plan:
     if unshare is None:
         for name in ("network_namespace", "pid_namespace", "mount_namespace"):
             reasons[name] = "the `unshare` program (util-linux) is not installed"
-    else:
-        if not root:
-            why = _try([unshare, "--user", "--map-root-user", "true"])
+        return unshare, flags, prefix, userns
+    if not root:
+        why = _try([unshare, "--user", "--map-root-user", "true"])
+        if why is None:
+            prefix, userns = ["--user", "--map-root-user"], True
+        else:
+            for name in ("network_namespace", "pid_namespace", "mount_namespace"):
+                reasons[name] = f"user namespaces are not allowed for a non-root user: {why}"
+    if root or userns:
+        tries = {"network_namespace": ["--net"], "mount_namespace": ["--mount"],
+                 "pid_namespace": ["--pid", "--fork", "--mount-proc", "--kill-child"]}
+        for name, f in tries.items():
+            why = _try([unshare, *prefix, *f, "true"])
             if why is None:
-                prefix, userns = ["--user", "--map-root-user"], True
+                flags[name] = f
             else:
-                for name in ("network_namespace", "pid_namespace", "mount_namespace"):
-                    reasons[name] = f"user namespaces are not allowed for a non-root user: {why}"
-        if root or userns:
-            tries = {"network_namespace": ["--net"], "mount_namespace": ["--mount"],
-                     "pid_namespace": ["--pid", "--fork", "--mount-proc", "--kill-child"]}
-            for name, f in tries.items():
-                why = _try([unshare, *prefix, *f, "true"])
-                if why is None:
-                    flags[name] = f
-                else:
-                    reasons[name] = f"`unshare {' '.join(f)}` failed: {why}"
+                reasons[name] = f"`unshare {' '.join(f)}` failed: {why}"
+    return unshare, flags, prefix, userns
+
+
+def _measure(python: str, uid: int, gid: int) -> _Plan:
+    root = os.geteuid() == 0
+    reasons: dict[str, str] = {}
+    unshare, flags, prefix, userns = _namespace_flags(root, reasons)
     drop = (uid, gid) if root else None
     punch = _punch_plan(python, uid, gid) if drop else []
 
@@ -568,6 +574,12 @@ def _measure(python: str, uid: int, gid: int) -> _Plan:
         else:
             raise SandboxUnavailable(f"the sandbox cannot run Python on this machine: {why}")
     assert facts is not None
+    _protections(plan, facts, flags, reasons, root=root, uid=uid)
+    return plan
+
+
+def _protections(plan: _Plan, facts: dict, flags: dict, reasons: dict[str, str], *, root: bool, uid: int) -> None:
+    """Fill ``plan.protections`` (name -> in force) and ``plan.reasons`` from what the probe run saw."""
     p: dict[str, bool] = {name: True for name in ALWAYS}
     p["unprivileged_uid"] = (not root) or (plan.drop is not None and facts["uid"] == uid)
     p["process_limit"] = p["unprivileged_uid"] and facts["nproc"] not in (-1, resource.RLIM_INFINITY)
@@ -586,7 +598,6 @@ def _measure(python: str, uid: int, gid: int) -> _Plan:
         reasons["no_new_privs"] = "prctl(PR_SET_NO_NEW_PRIVS) is not in force"
     plan.protections = p
     plan.reasons = {k: v for k, v in reasons.items() if not p.get(k, False)}
-    return plan
 
 
 def _user_process_count(uid: int) -> int:
