@@ -8,7 +8,7 @@ sweep:     ## the learning-rate sweep behind the main job's settings (validation
 	.venv/bin/python -m spo_lab.experiment --sweep
 
 readme:    ## rewrite the README's result tables from results/tiny*/summary.json
-	.venv/bin/python -m spo_lab.experiment --readme
+	.venv/bin/python scripts/update_readme.py
 
 quick:     ## smoke version of the main job
 	python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python -m spo_lab.experiment --quick

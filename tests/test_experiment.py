@@ -1,4 +1,5 @@
-"""The main job's statistics, report and README blocks (spo_lab.experiment), on synthetic rows and a toy run."""
+"""The main job: its runner (spo_lab.experiment), statistics and tables (spo_lab.report) and README blocks,
+on synthetic rows and a toy run."""
 
 from __future__ import annotations
 
@@ -11,18 +12,19 @@ import pandas as pd
 import pytest
 
 from spo_lab import experiment as ex
+from spo_lab import report as rp
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_mean_ci_uses_the_t_quantile():
-    d = ex.mean_ci([1.0, 2.0, 3.0])
+    d = rp.mean_ci([1.0, 2.0, 3.0])
     assert d["mean"] == 2.0 and d["std"] == 1.0 and d["n"] == 3
     half = 4.303 / math.sqrt(3)
     assert d["ci95"] == pytest.approx([2 - half, 2 + half])
-    assert ex.mean_ci([0.5])["ci95"] == [None, None]
-    assert ex.mean_ci([])["mean"] is None
-    assert ex.mean_ci([1.0] * 41)["ci95"] == [1.0, 1.0]  # beyond the table: the normal quantile
+    assert rp.mean_ci([0.5])["ci95"] == [None, None]
+    assert rp.mean_ci([])["mean"] is None
+    assert rp.mean_ci([1.0] * 41)["ci95"] == [1.0, 1.0]  # beyond the table: the normal quantile
 
 
 def _rows(run, seed, accs, *, deg=None, offline=0.0):
@@ -34,7 +36,7 @@ def _rows(run, seed, accs, *, deg=None, offline=0.0):
         if step:
             r.update({"time/generate": 0.25, "time/update": 0.75})
             if deg is not None:
-                r["grpo/degenerate_frac"] = deg
+                r["group/degenerate_frac"] = deg
         else:
             r["time/eval"] = 3.0
             if offline:
@@ -58,7 +60,7 @@ def synthetic():
 
 
 def test_summary_pairs_seeds_and_times_the_target(synthetic):
-    s = ex.summarize_runs(synthetic)
+    s = rp.summarize_runs(synthetic)
     d = s["vs_grpo"]["spo"]["avg"]
     diffs = [0.04, 0.05, 0.06]
     assert d["mean"] == pytest.approx(np.mean(diffs)) and d["n"] == 3
@@ -74,7 +76,7 @@ def test_summary_pairs_seeds_and_times_the_target(synthetic):
     assert tta["spo"]["responses_incl_init"] == 640 + 40
     assert [x["reached"] for x in tta["grpo"]["per_seed"]] == [True, True, False]
     assert tta["grpo"]["step"] is None and tta["grpo"]["seeds_reached"] == 2
-    md = ex.results_markdown({**s, "settings": {"responses_per_step": 64, "steps": 20, "temperature": 1.0,
+    md = rp.results_markdown({**s, "settings": {"responses_per_step": 64, "steps": 20, "temperature": 1.0,
                                                   "eval_prompts": 500, "eval_samples": 8, "eval_every": 10},
                               "runs": {k: {**v, "lr": 1e-4} for k, v in s["runs"].items()}})
     assert "| spo | 0.600 ± 0.000 | 0.660 ± 0.010 | +0.060 [" in md
@@ -84,7 +86,7 @@ def test_summary_pairs_seeds_and_times_the_target(synthetic):
 
 
 def test_readme_blocks_are_rewritten_from_the_summaries(tmp_path, synthetic):
-    s = ex.summarize_runs(synthetic)
+    s = rp.summarize_runs(synthetic)
     s["settings"] = {"responses_per_step": 64, "steps": 20, "temperature": 1.0, "eval_prompts": 500,
                      "eval_samples": 8, "eval_every": 10}
     for run in s["runs"]:
@@ -97,24 +99,24 @@ def test_readme_blocks_are_rewritten_from_the_summaries(tmp_path, synthetic):
     (tmp_path / "results" / "tiny-sweep" / "summary.json").write_text(json.dumps(sweep))
     readme = ("intro\n<!-- tiny-results:start -->\nold\n<!-- tiny-results:end -->\nmid\n<!-- tiny-sweep:start -->\n"
               "<!-- tiny-sweep:end -->\n<!-- paper-vs-ours:start -->\n<!-- paper-vs-ours:end -->\n")
-    out = ex.readme_text(readme, tmp_path)
+    out = rp.readme_text(readme, tmp_path)
     assert out.startswith("intro\n<!-- tiny-results:start -->\n") and "old" not in out
-    assert ex.results_markdown(s) in out and ex.sweep_markdown(sweep) in out
-    assert "**0.640**" in out and ex.readme_text(out, tmp_path) == out  # idempotent
-    paper = ex.paper_markdown(s)
+    assert rp.results_markdown(s) in out and rp.sweep_markdown(sweep) in out
+    assert "**0.640**" in out and rp.readme_text(out, tmp_path) == out  # idempotent
+    paper = rp.paper_markdown(s)
     assert paper in out and "| advantage variance before normalisation / reward variance | SPO ~0.5 | SPO 0.50, GRPO 0.25 |" in paper
     assert "+5.0 [" in paper  # SPO - GRPO in points, with its interval
     with pytest.raises(ValueError, match="no <!-- tiny-results:start -->"):
-        ex.readme_text("nothing here", tmp_path)
+        rp.readme_text("nothing here", tmp_path)
 
 
 def test_the_readme_shows_exactly_the_committed_summaries():
-    """README, results/tiny/summary.json and results/tiny-sweep/summary.json agree (written by --readme)."""
+    """README, results/tiny/summary.json and results/tiny-sweep/summary.json agree (scripts/update_readme.py)."""
     readme = (ROOT / "README.md").read_text()
-    assert ex.readme_text(readme, ROOT) == readme, "run `python -m spo_lab.experiment --readme`"
+    assert rp.readme_text(readme, ROOT) == readme, "run `python -m spo_lab.experiment --readme`"
     summary = json.loads((ROOT / "results" / "tiny" / "summary.json").read_text())
     md = (ROOT / "results" / "tiny" / "summary.md").read_text()
-    assert ex.results_markdown(summary) in md
+    assert rp.results_markdown(summary) in md
     for name in summary["figures"]:
         assert (ROOT / "results" / "tiny" / name).is_file(), name
     # the main job ran each method at the lr its sweep chose
@@ -141,14 +143,14 @@ def test_a_toy_job_end_to_end(toy, tmp_path):
     cfgs = ex.run_configs(["spo", "grpo"], 2, 2, tmp_path, model=str(toy / "model"), data_dir=str(toy / "data"),
                           responses_per_step=16, group_size=4, n0=2, eval_every=1, eval_samples=2)
     ex.run_all(cfgs, workers=2, progress=False)
-    df = ex.load_results(tmp_path)
+    df = rp.load_results(tmp_path)
     assert sorted(df.groupby(["run", "seed"]).step.max().to_dict().items()) == [
         (("grpo", 0), 2), (("grpo", 1), 2), (("spo", 0), 2), (("spo", 1), 2)]
     assert not list(tmp_path.glob("runs/*/*/checkpoint*.pt"))  # finished runs keep no optimiser state
-    s = ex.write_report(tmp_path, df, wall_seconds=1.0)
+    s = rp.write_report(tmp_path, df, wall_seconds=1.0)
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(s))
     assert s["settings"]["eval_prompts"] == 30 and s["settings"]["eval_samples"] == 2
-    assert ex.results_markdown(s) in (tmp_path / "summary.md").read_text()
+    assert rp.results_markdown(s) in (tmp_path / "summary.md").read_text()
     assert {"accuracy_vs_responses.png", "paired_difference.png", "degenerate_fraction.png"} <= set(s["figures"])
     for name in s["figures"]:
         with Image.open(tmp_path / name) as im:
