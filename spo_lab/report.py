@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .figures import main_job_figures, sweep_figure
 from .keys import (ADV_RAW_VAR, DEGENERATE_FRAC, EVAL_TIME, GREEDY_ACC, NOT_STEP, OFFLINE_TIME, RESPONSES,
@@ -37,12 +38,6 @@ PAPER = {
 }
 """The paper's reference numbers shown beside ours (the SPO paper): their scale, not a target."""
 
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-         20: 2.086, 25: 2.060, 30: 2.042}
-"""Two-sided 95 % quantiles of Student's t by degrees of freedom (1.96 beyond 30)."""
-
-
 # ====================================================================== statistics
 def load_results(root) -> pd.DataFrame:
     """All metrics rows under ``root/runs/<run>/seed<k>/metrics.jsonl`` with columns run and seed."""
@@ -58,7 +53,8 @@ def load_results(root) -> pd.DataFrame:
 
 
 def mean_ci(x) -> dict:
-    """Mean, sample std, n and the 95 % t-interval of the mean (NaN interval for n < 2)."""
+    """Mean, sample std, n and the 95 % t-interval of the mean, mean +- t(0.975, n - 1) std / sqrt(n)
+    (``scipy.stats.t``; no interval for n < 2). None and NaN values are left out."""
     x = np.asarray([v for v in x if v is not None and not math.isnan(v)], dtype=float)
     n = len(x)
     if n == 0:
@@ -67,9 +63,7 @@ def mean_ci(x) -> dict:
     if n < 2:
         return {"mean": mean, "std": None, "n": 1, "ci95": [None, None]}
     std = float(x.std(ddof=1))
-    df = n - 1
-    t = T_975.get(df) or (1.96 if df > 30 else T_975[max(k for k in T_975 if k <= df)])
-    half = t * std / math.sqrt(n)
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
     return {"mean": mean, "std": std, "n": n, "ci95": [mean - half, mean + half]}
 
 

@@ -20,11 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_mean_ci_uses_the_t_quantile():
     d = rp.mean_ci([1.0, 2.0, 3.0])
     assert d["mean"] == 2.0 and d["std"] == 1.0 and d["n"] == 3
-    half = 4.303 / math.sqrt(3)
-    assert d["ci95"] == pytest.approx([2 - half, 2 + half])
+    half = 4.30265273 / math.sqrt(3)  # t(0.975, 2) (4.303 in printed tables)
+    assert d["ci95"] == pytest.approx([2 - half, 2 + half], rel=1e-9)
     assert rp.mean_ci([0.5])["ci95"] == [None, None]
     assert rp.mean_ci([])["mean"] is None
-    assert rp.mean_ci([1.0] * 41)["ci95"] == [1.0, 1.0]  # beyond the table: the normal quantile
+    assert rp.mean_ci([1.0] * 41)["ci95"] == [1.0, 1.0]
+    wide = rp.mean_ci([0.0, 1.0] * 20)  # 40 values: t(0.975, 39) = 2.0227, not the normal 1.96
+    assert wide["ci95"][1] - wide["mean"] == pytest.approx(2.0226909 * wide["std"] / math.sqrt(40), rel=1e-6)
 
 
 def _rows(run, seed, accs, *, deg=None, offline=0.0):
@@ -64,7 +66,7 @@ def test_summary_pairs_seeds_and_times_the_target(synthetic):
     d = s["vs_grpo"]["spo"]["avg"]
     diffs = [0.04, 0.05, 0.06]
     assert d["mean"] == pytest.approx(np.mean(diffs)) and d["n"] == 3
-    assert d["ci95"][0] == pytest.approx(0.05 - 4.303 * 0.01 / math.sqrt(3))
+    assert d["ci95"][0] == pytest.approx(0.05 - 4.302653 * 0.01 / math.sqrt(3))
     assert s["runs"]["spo"]["gain_avg"]["mean"] == pytest.approx(0.06)
     assert s["runs"]["grpo"]["degenerate_first10"]["mean"] == pytest.approx(0.4)
     assert s["runs"]["spo"]["final_avg/level=2"]["mean"] == pytest.approx(0.86)
