@@ -47,6 +47,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .report import load_results, results_markdown, sweep_markdown, write_report, write_sweep_report
+from .errors import cli_main
 from .keys import GREEDY_ACC, SAMPLED_ACC
 from .train import Config, train
 
@@ -217,4 +218,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)  # expected errors (bad flags, a bad run folder): one line, exit 2; --debug: the traceback
