@@ -535,7 +535,9 @@ def _fake_vllm(monkeypatch, tok, scripts: dict[str, str]):
     mods["vllm.platforms"].current_platform = types.SimpleNamespace(is_cpu=lambda: True)
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.delitem(sys.modules, "spo_lab.engines.vllm", raising=False)
+    # record the real module (or its absence) so the undo puts it back, then import a copy bound to the fakes
+    monkeypatch.setitem(sys.modules, "spo_lab.engines.vllm", types.ModuleType("spo_lab.engines.vllm"))
+    del sys.modules["spo_lab.engines.vllm"]
     module = importlib.import_module("spo_lab.engines.vllm")
     eng = object.__new__(module.VLLMEngine)
     eng.tokenizer, eng.seed, eng.llm, eng.lora_request, eng._warned_truncated = tok, 0, LLM(), None, False
