@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+from pathlib import Path
 import shutil
 import socket
 import statistics
@@ -248,6 +250,23 @@ def test_the_parent_environment_is_not_visible(box, monkeypatch):
             f"        print('no', pid, e)\nprint(open('/proc/self/cmdline', 'rb').read())")
     r = box.run(code)
     assert r.exit_code == 0 and secret not in r.output and "SPO_LAB_TEST_SECRET" not in r.output
+
+
+def test_peoples_files_are_hidden_but_the_interpreter_runs(box, tmp_path):
+    """The project the trainer runs in, $HOME and /home are empty in the box (only the interpreter's own
+    folders are bound back), although their files are world-readable on the host."""
+    _need(box, "mount_namespace")
+    secret = Path(os.getcwd()) / f".sandbox-probe-{uuid.uuid4().hex}"
+    secret.write_text("the user's file")
+    os.chmod(secret, 0o644)
+    try:
+        r = box.run(f"import os, sys\nfor p in ({str(secret)!r}, os.path.join({os.path.expanduser('~')!r}, '.bashrc')):\n"
+                     f"    try:\n        print('READ', p, open(p).read()[:20])\n    except OSError as e:\n"
+                     f"        print('refused', type(e).__name__)\nprint(sys.version_info[:2])")
+        assert r.exit_code == 0 and "READ" not in r.output and "the user's file" not in r.output, r.output
+        assert f"({sys.version_info[0]}, {sys.version_info[1]})" in r.output
+    finally:
+        secret.unlink()
 
 
 def test_fork_bomb_stops_at_the_process_limit(box):

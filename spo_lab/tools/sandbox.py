@@ -38,9 +38,11 @@ What each layer protects against
     A private mount namespace in which every mount is read-only, except ``/tmp``: a fresh tmpfs of
     ``disk_mb`` MiB, owned by the sandbox uid, which is the working directory and ``$HOME`` (and is
     also mounted on ``/dev/shm``). Writing anywhere else fails, world-writable directories included,
-    and nothing the code writes touches the disk. Directories the sandbox uid cannot search that
-    lie on the interpreter's path (a Python installed under ``/root``) are covered by an empty tmpfs
-    into which only the interpreter's own directories are mounted.
+    and nothing the code writes touches the disk. People's folders -- ``/home``, ``/root``, ``/mnt``,
+    ``/media``, ``/srv`` and the top-level folders of the trainer's working directory and ``$HOME``
+    (the project itself) -- are covered by an empty tmpfs, and so are directories the sandbox uid
+    cannot search on the interpreter's path; only the interpreter's own directories are bound back
+    into them, read-only. (As root, with the unprivileged uid; in a user namespace they stay visible.)
 ``clean_environment``, ``stdin_closed``, ``fresh_workdir``
     The code sees none of the parent's environment (no tokens, no keys): only ``PATH``, ``HOME``,
     ``TMPDIR``, ``LANG`` and one-thread settings for numerical libraries; stdin is ``/dev/null``; each
@@ -53,9 +55,9 @@ killed. A timeout, a kill by a signal or the flood limit adds one line saying so
 What it does not protect against
 --------------------------------
 This is a process sandbox, not a virtual machine: the code runs on the host's kernel, and a kernel
-exploit escapes it. The code can read every file the sandbox uid may read (world-readable files such
-as the repository and ``/etc``); only what needs root, or sits in a directory it cannot search, is
-out of reach. Unix sockets with a path in the file system are not cut by the network namespace
+exploit escapes it. The code can read the world-readable system files (``/etc``, ``/usr``, ``/opt``,
+``/var``) and its interpreter's installation; people's folders are hidden only with a mount namespace
+and the unprivileged uid (see ``mount_namespace``). Unix sockets with a path in the file system are not cut by the network namespace
 (only a writable socket file could be used). Memory is limited per process (``RLIMIT_AS``), not as a
 whole: at most ``max_processes x memory_mb``; there is no cgroup. SysV IPC is not isolated. Other
 processes of the same uid (concurrent sandboxes) can be signalled when there is no PID namespace.
@@ -471,19 +473,41 @@ def _interpreter_paths(python: str) -> list[str]:
     return sorted(os.path.realpath(p) for p in paths if p)
 
 
-def _punch_plan(python: str, uid: int, gid: int) -> list[tuple[str, list[str]]]:
-    """For each unsearchable directory on the interpreter's paths, the subpaths to expose in it."""
-    keep: dict[str, list[str]] = {}
-    for p in _interpreter_paths(python):
-        blocked = _blocked_ancestor(p, uid, gid)
-        if blocked is not None and os.path.exists(p):
-            keep.setdefault(blocked, []).append(p)
-    plan = []
-    for blocked, paths in sorted(keep.items()):
-        tops = [p for p in sorted(paths) if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in paths)]
-        plan.append((blocked, tops))
-    # a blocked directory inside another one is covered by the outer tmpfs and the binds made into it
-    return [(b, ps) for b, ps in plan if not any(b != o and b.startswith(o + "/") for o, _ in plan)]
+_SYSTEM_DIRS = frozenset({"/", "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/proc", "/sys",
+                          "/dev", "/tmp", "/var", "/opt", "/run", "/boot", "/nix", "/snap"})
+
+
+def _hidden_dirs() -> list[str]:
+    """Top-level folders that hold people's files: ``/home``, ``/root``, ``/mnt``, ``/media``, ``/srv`` and
+    the top-level folders of the parent's working directory and ``$HOME`` (a project under ``/work`` or
+    ``/data``). In the box each is an empty tmpfs, save the interpreter's own paths bound back into it."""
+    found = {"/home", "/root", "/mnt", "/media", "/srv"}
+    for path in (os.getcwd(), os.path.expanduser("~")):
+        parts = os.path.abspath(path).split(os.sep)
+        if len(parts) > 1 and parts[1]:
+            found.add("/" + parts[1])
+    return sorted(d for d in found - _SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d))
+
+
+def _punch_plan(python: str, uid: int, gid: int, hide=()) -> list[tuple[str, list[str]]]:
+    """The folders to cover with an empty tmpfs, each with the interpreter's subpaths to bind back into it.
+
+    Covered: every directory on the interpreter's paths that ``uid`` cannot search (a Python under
+    ``/root``), and the folders of ``hide`` (people's files, :func:`_hidden_dirs`).
+    """
+    paths = [p for p in _interpreter_paths(python) if os.path.exists(p)]
+    hide = [h for h in hide if h not in paths]  # a folder that IS the interpreter's stays as it is
+    keep: dict[str, list[str]] = {h: [] for h in hide}
+    for p in paths:
+        covers = [c for c in (_blocked_ancestor(p, uid, gid), *(h for h in hide if p.startswith(h + "/"))) if c]
+        if covers:
+            keep.setdefault(min(covers, key=len), []).append(p)
+    outer = {b: next((o for o in sorted(keep, key=len) if b.startswith(o + "/")), b) for b in keep}
+    merged: dict[str, list[str]] = {}
+    for b, ps in keep.items():  # a folder inside another covered one: its paths are bound into the outer tmpfs
+        merged.setdefault(outer[b], []).extend(ps)
+    return [(b, [p for p in sorted(set(ps)) if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in ps)])
+            for b, ps in sorted(merged.items())]
 
 
 def _probe(python: str, uid: int, gid: int) -> _Plan:
@@ -529,7 +553,7 @@ def _measure(python: str, uid: int, gid: int) -> _Plan:
     reasons: dict[str, str] = {}
     unshare, flags, prefix, userns = _namespace_flags(root, reasons)
     drop = (uid, gid) if root else None
-    punch = _punch_plan(python, uid, gid) if drop else []
+    punch = _punch_plan(python, uid, gid, hide=_hidden_dirs()) if drop else []
 
     def plan_for(mount: bool, drop_to) -> _Plan:
         argv: list[str] = []
