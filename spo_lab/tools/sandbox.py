@@ -339,10 +339,21 @@ try:
                     if target == "/":
                         raise
         u, g = c["box_owner"]
+        tmp_fds = [(p, os.open(p, os.O_PATH)) for p in c["tmp_keep"]]  # an interpreter under /tmp: keep it
         mount("sandbox", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
               "size=%dk,nr_inodes=%d,mode=0700,uid=%d,gid=%d" % (c["disk_kb"], c["inodes"], u, g))
         if os.path.isdir("/dev/shm"):
             mount("/tmp", "/dev/shm", None, MS_BIND)
+        for p, pfd in tmp_fds:
+            os.makedirs(os.path.dirname(p), 0o755, exist_ok=True)
+            src = "/proc/self/fd/%d" % pfd
+            if os.path.isdir(src):
+                os.mkdir(p, 0o755)
+            else:
+                open(p, "w").close()
+            mount(src, p, None, MS_BIND | MS_REC)
+            mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
+            os.close(pfd)
         work = "/tmp"
         with open(os.path.join(work, c["code_name"]), "wb") as f:
             f.write(code)
@@ -471,6 +482,12 @@ def _interpreter_paths(python: str) -> list[str]:
         paths.add(os.path.dirname(os.path.dirname(os.path.realpath(python))))
     paths.add(os.path.dirname(os.path.dirname(os.path.abspath(python))))
     return sorted(os.path.realpath(p) for p in paths if p)
+
+
+def _under_tmp(python: str) -> list[str]:
+    """The interpreter's folders that lie in ``/tmp`` (a venv made there): bound into the box's fresh ``/tmp``."""
+    paths = [p for p in _interpreter_paths(python) if p.startswith("/tmp/") and os.path.exists(p)]
+    return [p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths)]
 
 
 _SYSTEM_DIRS = frozenset({"/", "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/proc", "/sys",
@@ -786,6 +803,7 @@ class PythonSandbox:
             cfg = {
                 "status_fd": status_w, "code_path": code_path, "code_name": _CODE_NAME, "workdir": workdir,
                 "mount": plan.mount, "punch": plan.punch, "box_owner": list(box_owner),
+                "tmp_keep": _under_tmp(plan.python) if plan.mount else [],
                 "disk_kb": self.disk_mb * 1024, "inodes": 16384, "rlimits": self._rlimits(),
                 "drop": list(plan.drop) if plan.drop else None, "python": plan.python, "env": self._env(),
             }
