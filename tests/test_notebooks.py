@@ -232,3 +232,19 @@ def test_full_scale_notebook_labels_its_cpu_stand_in():
     text = "\n".join(t for c in data["cells"] if c["cell_type"] == "code" for t in _text_outputs(c))
     assert "THIS IS THE TINY CPU STAND-IN, NOT QWEN3" in text
     assert "SYNTHETIC fixtures" in text
+
+
+def test_the_grpo_to_spo_card_is_the_same_in_the_readme_and_notebook_1():
+    """The one-screen card opens notebook 1 and the README; the two copies never drift apart."""
+    import json
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    card = re.search(r"<!-- grpo-spo-card:start -->\n(.*?)\n<!-- grpo-spo-card:end -->", readme, flags=re.S).group(1)
+    nb = json.loads((ROOT / "notebooks" / "01_quickstart.ipynb").read_text())
+    cell = next("".join(c["source"]) for c in nb["cells"] if c.get("id") == "grpo-spo-card")
+    intro, _, rest = cell.partition("\n\n*For readers")
+    body = intro + "\n\n" + rest.split("*\n\n", 1)[1]
+    assert body == card
+    for must in ("num_generations=1", "scale_rewards=\"batch\"", "beta=0.0", "14,000", "+3.4", "+0.3", "D = 0"):
+        assert must in card, must
