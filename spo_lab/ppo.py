@@ -12,6 +12,11 @@ Two settings that look alike and must not be confused:
   update is the same, to float rounding, whatever ``micro_batch_rows`` is (a test checks it).
   0 means "the whole mini-batch in one pass".
 
+Several processes (:mod:`spo_lab.distributed`): every process holds the global batch and draws the
+same split; each takes a contiguous share of every mini-batch, its loss divided by the WHOLE
+mini-batch's token (or row) count, and the gradients are summed across processes before clipping
+and the optimiser step: the update of one process, to float rounding (a test checks it).
+
 nanochat's ``chat_rl.py`` and nano-aha-moment accumulate the same way. The loss itself is
 :func:`spo_lab.loss.policy_loss` (clip-higher, dual-clip, token-mean; Sec. 3.5 of the SPO paper).
 """
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .distributed import ONE, World
 from .loss import policy_loss
 from .models import token_logprobs
 
@@ -77,7 +83,7 @@ def logprob_fn(model, temperature: float, rows: int) -> Callable[..., Tensor]:
 
 
 def ppo_update(model, optimizer, rollouts, advantages: Tensor, ppo: PPOSettings, generator: torch.Generator,
-               ref_model=None) -> dict[str, float]:
+               ref_model=None, world: World = ONE) -> dict[str, float]:
     """One PPO epoch: ``ppo.mini_batches`` optimiser steps over a random split of the rollouts.
 
     Args:
@@ -89,6 +95,8 @@ def ppo_update(model, optimizer, rollouts, advantages: Tensor, ppo: PPOSettings,
         ppo: the settings (see :class:`PPOSettings`).
         generator: draws the mini-batch split.
         ref_model: the frozen reference policy for the optional KL term.
+        world: the processes sharing the update (:mod:`spo_lab.distributed`); each holds the same
+            ``rollouts`` and ``generator`` state and takes its share of every mini-batch.
 
     Returns:
         The loss statistics of :func:`~spo_lab.loss.policy_loss` and ``grad_norm``, averaged over the
@@ -99,8 +107,11 @@ def ppo_update(model, optimizer, rollouts, advantages: Tensor, ppo: PPOSettings,
     order = torch.randperm(len(rollouts), generator=generator)
     stats: dict[str, float] = {}
     for chunk in order.chunk(ppo.mini_batches):
-        mb = rollouts.select(chunk).to(device)
-        st = _accumulate(model, mb, advantages[chunk].float().to(device), ppo, ref_model)
+        mine = world.share(chunk)  # this process's rows of the mini-batch: all of them in one process
+        whole = None if world.size == 1 else (float(rollouts.loss_mask[chunk].sum()), len(chunk))
+        mb = rollouts.select(mine).to(device)
+        st = world.sum_stats(_accumulate(model, mb, advantages[mine].float().to(device), ppo, ref_model, whole))
+        world.all_reduce_grads(trainable(model))  # SUM: each share is already divided by the whole mini-batch
         st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable(model), ppo.max_grad_norm,
                                                                error_if_nonfinite=True))
         optimizer.step()
@@ -110,12 +121,15 @@ def ppo_update(model, optimizer, rollouts, advantages: Tensor, ppo: PPOSettings,
     return stats
 
 
-def _accumulate(model, mb, adv: Tensor, ppo: PPOSettings, ref_model) -> dict[str, float]:
-    """Gradients of one mini-batch's loss, a micro-batch at a time; returns the mini-batch's stats."""
+def _accumulate(model, mb, adv: Tensor, ppo: PPOSettings, ref_model, total=None) -> dict[str, float]:
+    """Gradients of one mini-batch's loss, a micro-batch at a time; returns the mini-batch's stats.
+
+    ``total``: ``(tokens, rows)`` of the whole mini-batch when ``mb`` is one process's share of it."""
     model.zero_grad(set_to_none=True)
-    rows = ppo.micro_batch_rows or len(mb)
-    whole = rows >= len(mb)  # one pass: the loss normalises itself, exactly as without accumulation
-    share = {} if whole else {"total_tokens": float(mb.loss_mask.sum()), "total_rows": len(mb)}
+    rows = ppo.micro_batch_rows or max(len(mb), 1)
+    whole = total is None and rows >= len(mb)  # one pass: the loss normalises itself, as without accumulation
+    tokens, n = total if total is not None else (float(mb.loss_mask.sum()), len(mb))
+    share = {} if whole else {"total_tokens": tokens, "total_rows": n}
     stats: dict[str, float] = {}
     for i in range(0, len(mb), rows):
         part = mb if whole else mb.select(torch.arange(i, min(i + rows, len(mb)), device=adv.device))

@@ -24,14 +24,17 @@ SPO's own state (tracker, sampler, advantage rule) is :class:`spo_lab.spo.SPO`, 
 from :mod:`spo_lab.offline`; the PPO update from :mod:`spo_lab.ppo` (``--mini-batches`` is the
 algorithm, ``--micro-batch-rows`` the memory).
 
-What this simplifies compared with the official verl recipe: one process, one PPO epoch over a few
-mini-batches, no tools, no sequence packing. It runs the bundled ~1 M-parameter Qwen3 on a laptop
-CPU in minutes; the same loop takes a real checkpoint path, a GPU and vLLM.
+What this simplifies compared with the official verl recipe: one PPO epoch over a few mini-batches,
+no sequence packing, data parallelism without sharded model state. It runs the bundled ~1 M-parameter
+Qwen3 on a laptop CPU in minutes; the same loop takes a real checkpoint path, a GPU and vLLM, and
+runs as N processes under ``torchrun`` with the same flags: the same global batch and method state,
+each process generating its share (:mod:`spo_lab.distributed`; one process runs exactly as before).
 
     python -m spo_lab.train --algo spo --steps 300 --seed 0 --out runs/spo-s0
     python -m spo_lab.train --algo grpo --group-size 8 --steps 300 --seed 0 --out runs/grpo-s0
     python -m spo_lab.train --task arith --engine hf --model data/tiny-qwen3 --device cpu --dtype float32
     python -m spo_lab.train --help          # every option, with its one-line description
+    torchrun --standalone --nproc_per_node 2 -m spo_lab.train --algo spo --steps 300 --out runs/spo-dp2
 
 Outputs in ``--out``: ``config.json``, ``metrics.jsonl`` (one JSON object per step, loadable with
 ``pandas.read_json(path, lines=True)``), ``samples.jsonl`` (at every evaluation step, the first
@@ -49,10 +52,12 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +67,7 @@ from tqdm import tqdm  # plain bars: tqdm.auto warns (with a local path) in note
 from transformers.utils import logging as hf_logging
 
 from .algorithms import Algorithm, GroupBaseline
+from .distributed import ONE, World, init_world, state_checksum
 from .divergence import KLClock, ResponseCache
 from .engines import ENGINES, build_engine
 from .engines.base import Rollouts
@@ -77,7 +83,7 @@ from .offline import import_official_values, offline_counts
 from .paths import user_cache_dir
 from .ppo import PPOSettings, logprob_fn, ppo_update, trainable
 from .errors import UserError, cli_main
-from .run_folder import RunFolder, check_writable
+from .run_folder import RunFolder, check_writable, failpoint
 from .spo import SPO
 from .tasks import TASKS, breakdown_key, get_task, task_class
 from .tasks.base import problems_fingerprint
@@ -335,7 +341,7 @@ class Run:
     d_estimator: object | None  # spo_lab.divergence.ResponseCache | KLClock | None
     ppo: PPOSettings
     gen: torch.Generator  # mini-batch splits (and the group methods' draws)
-    logprob_fn: Callable  # log-probs under the current policy, for D
+    logprob_fn: Callable  # log-probs under the current policy, for D (each process scores its share)
     ref_model: torch.nn.Module | None = None
     breakdown: torch.Tensor | None = None  # [P] a numeric metadata value per prompt (e.g. level), logged per step
     start: int = 0
@@ -343,6 +349,7 @@ class Run:
     tokens: int = 0
     offline_responses: int = 0
     offline_info: dict = dataclasses.field(default_factory=dict)
+    world: World = ONE  # the processes training together (spo_lab.distributed); ONE: this process alone
 
 
 @dataclass
@@ -362,22 +369,24 @@ def train_step(run: Run, step: int) -> tuple[dict, Batch]:
     ``step`` counts the updates made so far (the policy version that samples this step). Returns the
     step's metrics row (without ``step``) and its batch.
     """
-    algo, cfg, m = run.algo, run.cfg, {}
+    algo, cfg, world, m = run.algo, run.cfg, run.world, {}
     with phase(m, "sample"):
-        ids = algo.draw()  # ids [B]: the prompts of this step
+        ids = algo.draw()  # ids [B]: the prompts of this step (the same in every process: one state, one stream)
         row_ids = ids.repeat_interleave(algo.group)  # row_ids [R = B * G]: a prompt's G responses are consecutive
         baselines = algo.baselines(row_ids)  # [R], read BEFORE this step's rewards: the baseline must not see y
     with phase(m, "generate"):
-        rollouts = run.engine.generate([run.problems[i].prompt for i in ids.tolist()], algo.group,
+        mine = world.share(ids)  # this process's prompts: all B alone, a contiguous share of them in several
+        rollouts = run.engine.generate([run.problems[i].prompt for i in mine.tolist()], algo.group,
                                        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-        rollouts = rollouts.tagged(ids, algo.group, policy_version=step)  # rows -> prompt ids, weights' version
+        rollouts = rollouts.tagged(mine, algo.group, policy_version=step)  # rows -> prompt ids, weights' version
     with phase(m, "reward"):
         rows = [run.problems[i] for i in rollouts.prompt_index.tolist()]
-        rewards = torch.tensor(run.task.reward(rollouts.texts, rows), dtype=torch.float64)  # [R], the task's check
+        rewards = torch.tensor(run.task.reward(rollouts.texts, rows), dtype=torch.float64)  # the task's check
+        rollouts, rewards = world.gather_batch(rollouts, rewards, pad_id=run.tokenizer.pad_token_id)  # all R rows
         adv, adv_raw = algo.advantages(rewards, baselines)  # [R] normalised, and r - baseline before it
     with engine_asleep(run.engine, cfg.vllm_sleep):  # colocated vLLM frees its memory for update and D
         with phase(m, "update"):
-            loss_stats = ppo_update(run.policy, run.optimizer, rollouts, adv, run.ppo, run.gen, run.ref_model)
+            loss_stats = ppo_update(run.policy, run.optimizer, rollouts, adv, run.ppo, run.gen, run.ref_model, world)
         with phase(m, "tracker"):  # AFTER the update: D measures how far it moved the policy
             d = run.d_estimator.observe(run.logprob_fn, row_ids, rollouts) if run.d_estimator else None
             algo.observe(row_ids, rewards, d)  # [R] evidence folded into the tracker (a no-op for groups)
@@ -422,20 +431,29 @@ def train(cfg: Config, *, task=None, engine=None, algorithm: Algorithm | None = 
     protocols of :mod:`spo_lab.tasks.base`, :mod:`spo_lab.engines.base` and :mod:`spo_lab.algorithms`.
     ``on_step(row)`` is called with each step's metrics row once it is written, and
     ``on_offline_chunk(n)`` after each chunk of n prompts of the offline pass (progress hooks).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this with the same ``cfg`` and its own
+    ``engine`` (if any); only rank 0 writes ``cfg.out`` and calls the hooks (:mod:`spo_lab.distributed`).
     """
     cfg.validate()
-    folder = RunFolder(cfg.out)  # one run per folder, see spo_lab.run_folder
-    with folder:
-        run = setup(cfg, folder, task=task, engine=engine, algorithm=algorithm, on_offline_chunk=on_offline_chunk)
-        return _loop(run, folder, on_step)
+    world = init_world()
+    try:
+        folder = RunFolder(cfg.out)  # one run per folder, see spo_lab.run_folder; rank 0 holds it
+        with folder if world.rank == 0 else nullcontext(folder):
+            run = setup(cfg, folder, task=task, engine=engine, algorithm=algorithm,
+                        on_offline_chunk=on_offline_chunk if world.rank == 0 else None, world=world)
+            return _loop(run, folder, on_step)
+    finally:
+        world.close()
 
 
 def _loop(run: Run, folder: RunFolder, on_step) -> Path:
-    cfg = run.cfg
-    log = folder.open_metrics(keep_until_step=run.start if run.start else None)
-    samples = _open_samples(folder.path / SAMPLES_FILE, run.start)
-    folder.write_config(run_settings(cfg, run.problems))
-    bar = tqdm(range(run.start, cfg.steps), desc=f"{cfg.algo} s{cfg.seed}", disable=not cfg.progress,
+    cfg, main = run.cfg, run.world.rank == 0  # only rank 0 writes the run folder (None: the others' logs)
+    log = folder.open_metrics(keep_until_step=run.start if run.start else None) if main else None
+    samples = _open_samples(folder.path / SAMPLES_FILE, run.start) if main else None
+    if main:
+        folder.write_config(run_settings(cfg, run.problems))
+    bar = tqdm(range(run.start, cfg.steps), desc=f"{cfg.algo} s{cfg.seed}", disable=not (cfg.progress and main),
                initial=run.start, total=cfg.steps)
     if run.start == 0:  # the starting point of every learning curve; the offline pass's cost is counted here
         row = {STEP: 0, RESPONSES: 0, RESPONSES_INCL_INIT: run.offline_responses}
@@ -446,6 +464,8 @@ def _loop(run: Run, folder: RunFolder, on_step) -> Path:
         _emit(folder, log, row, on_step)
     for step in bar:
         m, batch = train_step(run, step)
+        run.world.check_same(lambda: state_checksum(run.algo.state_dict()), "the method's state (tracker, sampler)")
+        failpoint(f"step-rank{run.world.rank}")  # testing hook: a process that dies after a step
         m = {STEP: step + 1} | m
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             with phase(m, "eval"):
@@ -455,6 +475,8 @@ def _loop(run: Run, folder: RunFolder, on_step) -> Path:
         _emit(folder, log, m, on_step)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
             save_checkpoint(run, folder, step + 1)
+    if not main:
+        return folder.path
     log.close()
     samples.close()
     if not cfg.keep_checkpoints:  # a finished run: its metrics and final model are the results
@@ -466,17 +488,31 @@ def _loop(run: Run, folder: RunFolder, on_step) -> Path:
 
 
 def _emit(folder: RunFolder, log, row: dict, on_step) -> None:
+    if log is None:  # not rank 0
+        return
     folder.append(log, row)
     if on_step is not None:
         on_step(row)
 
 
 def evaluate_policy(run: Run, step: int) -> dict:
-    """Held-out accuracy (``eval/*``) on its own seeded RNG: evaluating never changes the run."""
-    cfg = run.cfg
-    return accuracy(run.engine, run.task, run.eval_problems, temperature=cfg.temperature,
-                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step,
-                    device=next(run.policy.parameters()).device, samples=cfg.eval_samples)
+    """Held-out accuracy (``eval/*``) on its own seeded RNG: evaluating never changes the run.
+
+    Several processes each evaluate a contiguous share of the held-out prompts; the means are
+    combined weighted by the prompts behind each one."""
+    cfg, world = run.cfg, run.world
+    mine = world.share(run.eval_problems)
+    out = accuracy(run.engine, run.task, mine, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                   seed=world.seed(cfg.seed * 1_000_003 + step), device=next(run.policy.parameters()).device,
+                   samples=cfg.eval_samples) if mine or world.size == 1 else {}
+    return world.weighted_means(out, _eval_weights(run.task, mine, out))
+
+
+def _eval_weights(task, problems, out: dict) -> dict:
+    """How many problems stand behind each mean of :func:`spo_lab.evaluate.accuracy`'s ``out``."""
+    key = breakdown_key(task)
+    groups = Counter(f"{key}={p.meta.get(key)}" for p in problems)  # the ``.../<key>=<value>`` means
+    return {k: groups[k.split("/", 2)[2]] if k.count("/") > 1 else len(problems) for k in out}
 
 
 def _open_samples(path: Path, start: int):
@@ -495,6 +531,8 @@ def _open_samples(path: Path, start: int):
 
 def _write_samples(f, run: Run, step: int, b: Batch) -> None:
     """The first ``--sample-rows`` rows of the step's batch: what the policy wrote and what it was worth."""
+    if f is None:  # not rank 0
+        return
     for r in range(min(run.cfg.sample_rows, len(b.rollouts))):
         i = int(b.rollouts.prompt_index[r])
         f.write(json.dumps({
@@ -508,16 +546,18 @@ def _write_samples(f, run: Run, step: int, b: Batch) -> None:
 
 # ====================================================================== set-up: policy, task, engine, method
 def setup(cfg: Config, folder: RunFolder, *, task=None, engine=None, algorithm: Algorithm | None = None,
-          on_offline_chunk=None) -> Run:
-    """Build every part of a run (or of a resumed run) in ``folder``; nothing here trains."""
+          on_offline_chunk=None, world: World = ONE) -> Run:
+    """Build every part of a run (or of a resumed run) in ``folder``; nothing here trains.
+
+    With several processes (``world``) every process builds the same parts; rank 0 claims the folder."""
     torch.set_num_threads(cfg.num_threads)
-    if not cfg.progress:  # also silence transformers' own loading / saving bars
+    if not cfg.progress or world.rank:  # also silence transformers' own loading / saving bars
         hf_logging.disable_progress_bar()
-    _check_before_loading(cfg, folder, task)  # a bad folder, path or split costs a second, not a model load
+    _check_before_loading(cfg, folder, task, world)  # a bad folder, path or split costs a second, not a model load
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    torch.manual_seed(world.seed(cfg.seed))  # the engine's sampling stream: each process its own
+    device = resolve_device(world.device(cfg.device))
     lora = LoraSpec(r=cfg.lora_rank, alpha=cfg.lora_alpha) if cfg.lora_rank > 0 else None
     policy, tokenizer = load_policy(cfg.model, dtype=cfg.dtype, device=device, lora=lora,
                                     gradient_checkpointing=cfg.gradient_checkpointing)
@@ -528,12 +568,12 @@ def setup(cfg: Config, folder: RunFolder, *, task=None, engine=None, algorithm: 
     for source, rows in (("the train split", problems), (f"the {cfg.eval_split} split", eval_problems)):
         check_context_length(policy, tokenizer, rows, cfg.max_new_tokens, source=source,
                              max_len=cfg.vllm_max_model_len or None)
-    ck = _claim_folder(cfg, folder, problems)  # before anything is written or computed
+    ck = _claim(cfg, folder, problems, world)  # before anything is written or computed
     if cfg.prompts_per_step > len(problems):
         raise UserError(f"--responses-per-step {cfg.responses_per_step} = {cfg.prompts_per_step} prompts per step "
                         f"exceeds the {len(problems)} training prompts")
     if engine is None:
-        engine = _build_engine(cfg, policy, tokenizer)
+        engine = _build_engine(cfg, policy, tokenizer, world)
     engine.sync_weights(policy)  # the engine samples from the policy as loaded
     gen = torch.Generator().manual_seed(cfg.seed)  # mini-batch splits (and the group methods' draws)
     ppo = cfg.ppo
@@ -542,15 +582,31 @@ def setup(cfg: Config, folder: RunFolder, *, task=None, engine=None, algorithm: 
               optimizer=torch.optim.AdamW(trainable(policy), lr=cfg.lr, weight_decay=cfg.weight_decay),
               algo=algorithm if algorithm is not None else build_algorithm(cfg, len(problems), gen),
               d_estimator=build_d_estimator(cfg, problems, tokenizer) if algorithm is None else None,
-              logprob_fn=logprob_fn(policy, cfg.temperature, ppo.rows_per_pass(cfg.responses_per_step)),
+              logprob_fn=world.sharded(logprob_fn(policy, cfg.temperature, ppo.rows_per_pass(cfg.responses_per_step))),
               ref_model=copy.deepcopy(policy).eval() if cfg.kl_coef > 0 else None,
-              breakdown=_breakdown(task, problems))
+              breakdown=_breakdown(task, problems), world=world)
     if ck is not None:
         _restore(run, ck)
     elif isinstance(run.algo, SPO) and cfg.offline_init:
         _offline_init(run, on_offline_chunk)
     policy.eval()
     return run
+
+
+def _claim(cfg: Config, folder: RunFolder, problems, world: World) -> dict | None:
+    """:func:`_claim_folder` on rank 0; the other processes share its verdict and read the same checkpoint."""
+    ck, refusal = None, None
+    if world.rank == 0:
+        try:
+            ck = _claim_folder(cfg, folder, problems)
+        except UserError as err:
+            if world.size == 1:
+                raise
+            refusal = err
+    resumed, why = world.broadcast((ck is not None, None if refusal is None else str(refusal)))
+    if why is not None:  # every process stops with rank 0's reason
+        raise refusal if refusal is not None else UserError(why)
+    return folder.load_checkpoint() if resumed and world.rank else ck
 
 
 def _claim_folder(cfg: Config, folder: RunFolder, problems) -> dict | None:
@@ -564,10 +620,14 @@ def _claim_folder(cfg: Config, folder: RunFolder, problems) -> dict | None:
     return ck
 
 
-def _check_before_loading(cfg: Config, folder: RunFolder, task) -> None:
-    """What can be refused before anything loads: nothing to resume, an unknown split, an unwritable cache."""
-    if cfg.resume:
+def _check_before_loading(cfg: Config, folder: RunFolder, task, world: World = ONE) -> None:
+    """What can be refused before anything loads: nothing to resume, an unknown split, an unwritable cache,
+    more processes than prompts per step. The folder is rank 0's to check; every process checks the rest."""
+    if cfg.resume and world.rank == 0:
         folder.check_resumable()
+    if cfg.prompts_per_step < world.size:
+        raise UserError(f"{world.size} processes need at least one prompt each per step: --responses-per-step "
+                        f"{cfg.responses_per_step} gives {cfg.prompts_per_step} prompts per step")
     splits = getattr(task if task is not None else task_class(cfg.task), "splits", None)
     if splits is not None and cfg.eval_split not in splits:
         raise UserError(f"--eval-split must be one of the {cfg.task if task is None else 'given'} task's splits "
@@ -601,12 +661,12 @@ def build_d_estimator(cfg: Config, problems, tokenizer):
     return ResponseCache(len(problems), width, cfg.max_new_tokens, tokenizer.pad_token_id)
 
 
-def _build_engine(cfg: Config, policy, tokenizer):
+def _build_engine(cfg: Config, policy, tokenizer, world: World = ONE):
     vllm_kwargs = {} if cfg.engine != "vllm" else {
         k: v for k, v in (("gpu_memory_utilization", cfg.vllm_gpu_memory_utilization),
                           ("max_model_len", cfg.vllm_max_model_len), ("enable_sleep_mode", cfg.vllm_sleep)) if v}
     return build_engine(cfg.engine, model=policy, tokenizer=tokenizer, model_path=cfg.model, dtype=cfg.dtype,
-                        seed=cfg.seed, **vllm_kwargs)
+                        seed=world.seed(cfg.seed), **vllm_kwargs)
 
 
 def _breakdown(task, problems) -> torch.Tensor | None:
@@ -623,26 +683,41 @@ def _offline_init(run: Run, on_offline_chunk=None) -> None:
     if cfg.offline_values:  # a missing prompt is an error, never weight 0
         succ, trials = import_official_values(cfg.offline_values, run.problems, missing="error", max_scores=cfg.n0)
         run.offline_responses = int(trials.sum())  # generated elsewhere, still part of the cost
-    else:
-        succ, trials = offline_counts(run.engine, run.task, run.problems, n0=cfg.n0, temperature=cfg.temperature,
-                                      max_new_tokens=cfg.max_new_tokens, device=next(run.policy.parameters()).device,
-                                      seed=cfg.seed if cfg.offline_seed < 0 else cfg.offline_seed,
+    else:  # with several processes each samples (and caches) a contiguous share of the prompts
+        world = run.world
+        succ, trials = offline_counts(run.engine, run.task, world.share(run.problems), n0=cfg.n0,
+                                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                      device=next(run.policy.parameters()).device,
+                                      seed=world.seed(cfg.seed if cfg.offline_seed < 0 else cfg.offline_seed),
                                       model_key=model_fingerprint(run.policy),
-                                      cache_dir=cfg.cache_dir or user_cache_dir("offline"), progress=cfg.progress,
-                                      on_chunk=on_offline_chunk, info=run.offline_info)
+                                      cache_dir=cfg.cache_dir or user_cache_dir("offline"),
+                                      progress=cfg.progress and world.rank == 0, on_chunk=on_offline_chunk,
+                                      info=run.offline_info)
+        succ, trials = world.gather(succ), world.gather(trials)
         run.offline_responses = cfg.n0 * len(run.problems)
     spo.init_from_counts(succ, trials, mode=cfg.init_mode)
 
 
 # ====================================================================== checkpoints
 def save_checkpoint(run: Run, folder: RunFolder, step: int) -> None:
-    """Tensors and plain values only: loadable with ``weights_only=True``."""
+    """Tensors and plain values only: loadable with ``weights_only=True``.
+
+    Several processes: every process checks that its weights and D's memory equal rank 0's and hands
+    over its sampling stream; rank 0 writes the one checkpoint (``rank_rng``: every process's stream)."""
+    world, device = run.world, next(run.policy.parameters()).device
+    d_state = run.d_estimator.state_dict if run.d_estimator is not None else dict
+    world.check_same(lambda: state_checksum([run.policy.state_dict(), d_state()]), "the weights or D's memory")
+    rank_rng = world.gather_objects(_sampling_rng(device)) if world.size > 1 else None
+    if world.rank:
+        return
     state = {"model": run.policy.state_dict(), "optimizer": run.optimizer.state_dict(),
              "rng": _rng_states(run.gen, next(run.policy.parameters()).device), "step": step,
              "responses": run.responses, "tokens": run.tokens, "offline_responses": run.offline_responses,
              "algorithm": run.algo.state_dict()}
     if run.d_estimator is not None:
         state["divergence"] = run.d_estimator.state_dict()
+    if rank_rng is not None:
+        state["rank_rng"] = rank_rng
     folder.save_checkpoint(state)
 
 
@@ -661,7 +736,26 @@ def _restore(run: Run, ck: dict) -> None:
         run.offline_responses = ck["offline_responses"]
     elif isinstance(run.algo, SPO) and run.cfg.offline_init:  # a checkpoint from before this field: count it again
         run.offline_responses = run.cfg.n0 * len(run.problems)
+    if run.world.size > 1:
+        _restore_sampling_rng(run, ck)
     run.engine.sync_weights(run.policy)  # ... and sample from the resumed weights
+
+
+def _sampling_rng(device: torch.device) -> dict:
+    """This process's own random stream (the engine samples from it): torch's CPU generator, and CUDA's."""
+    return {"torch": torch.get_rng_state()} | ({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda"
+                                                else {})
+
+
+def _restore_sampling_rng(run: Run, ck: dict) -> None:
+    """Each process's saved stream on as many processes as saved; on another number, streams from (seed, step)."""
+    world, device, saved = run.world, next(run.policy.parameters()).device, ck.get("rank_rng")
+    if saved is not None and len(saved) == world.size:
+        torch.set_rng_state(saved[world.rank]["torch"])
+        if device.type == "cuda" and "cuda" in saved[world.rank]:
+            torch.cuda.set_rng_state(saved[world.rank]["cuda"], device)
+    elif world.rank:  # rank 0 continues the checkpoint's own stream
+        torch.manual_seed(world.seed(run.cfg.seed * 1_000_003 + ck["step"]))
 
 
 def _rng_states(gen: torch.Generator, device: torch.device) -> dict:
@@ -729,7 +823,8 @@ def parse_args(argv=None, cls=Config, defaults: dict | None = None):
 def main(argv=None) -> None:
     cfg = parse_args(argv)
     out = train(cfg)
-    print(f"wrote {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per process
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

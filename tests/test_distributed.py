@@ -1,0 +1,172 @@
+"""Data-parallel training on torch.distributed, proven on CPU with gloo and 2 processes (torchrun).
+
+(a) one update on 2 processes gives the weights of one update in one process (to float rounding);
+(b) the method state is identical on every process after several steps, and a drifting replica stops the job;
+(c) torchrun SPO and GRPO runs complete, survive a killed process by --resume, and resume on another
+    number of processes; their metrics files are whole.
+Plus: a process that stops answering ends the job within the process group's timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from spo_lab.distributed import ONE, World, state_checksum
+
+WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
+ROOT = WORKER.parent.parent
+
+
+def torchrun(*args, nproc: int = 2, env: dict | None = None, timeout: float = 180):
+    """``python -m torch.distributed.run --standalone`` (a free port) with a hard timeout; returns (proc, seconds)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *map(str, args)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return proc, time.perf_counter() - t0
+
+
+def _train_flags(toy, out: Path, algo: str, steps: int, *extra) -> list[str]:
+    return ["--algo", algo, "--model", str(toy / "model"), "--data-dir", str(toy / "data"), "--out", str(out),
+            "--cache-dir", str(out.parent / "cache"), "--steps", str(steps), "--responses-per-step", "16",
+            "--group-size", "4", "--n0", "2", "--eval-every", "2", "--save-every", "2", "--lr", "1e-3",
+            "--max-new-tokens", "4", "--no-progress", "--no-save-model", *extra]
+
+
+def _steps(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ====================================================================== the World of one process
+def test_one_process_is_the_identity():
+    x, r = torch.arange(6), torch.rand(6)
+    assert ONE.share(x) is x and ONE.gather(x) is x and ONE.seed(7) == 7
+    assert ONE.weighted_means({"a": 0.5}, {"a": 3}) == {"a": 0.5} and ONE.sum_stats({"a": 1.0}) == {"a": 1.0}
+    fn = lambda *b: b[0]  # noqa: E731
+    assert ONE.sharded(fn) is fn
+    assert ONE.gather_batch("rollouts", r, pad_id=0) == ("rollouts", r)
+
+
+def test_shares_cover_every_row_once_in_order():
+    for n in (0, 1, 5, 16, 17):
+        for size in (1, 2, 3, 8):
+            parts = [World(rank=k, size=size).share(list(range(n))) for k in range(size)]
+            assert sum(parts, []) == list(range(n)) and max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_checksum_sees_the_smallest_change():
+    a = {"tracker": {"alpha": torch.ones(4, dtype=torch.float64)}, "v": 1}
+    b = {"tracker": {"alpha": torch.ones(4, dtype=torch.float64)}, "v": 1}
+    assert state_checksum(a) == state_checksum(b)
+    b["tracker"]["alpha"][2] += 1e-12
+    assert state_checksum(a) != state_checksum(b)
+
+
+# ====================================================================== (a) one update, 2 processes = 1 process
+def _rollouts_of(model, tok, n: int = 12):
+    """Rows of mixed prompt and response lengths, with the model's own log-probs (a first ratio of 1)."""
+    from spo_lab.engines.base import encode_prompts
+    from spo_lab.models import token_logprobs
+
+    g = torch.Generator().manual_seed(3)
+    prompts = [f"{int(a)}+{int(b)}=" for a, b in torch.randint(0, 999, (n, 2), generator=g)]
+    p_ids, p_mask = encode_prompts(tok, prompts)
+    r_ids = torch.randint(3, 14, (n, 5), generator=g)
+    lengths = torch.randint(1, 6, (n,), generator=g)
+    r_mask = (torch.arange(5)[None] < lengths[:, None]).long()
+    r_ids = r_ids.masked_fill(r_mask == 0, tok.pad_token_id)
+    with torch.no_grad():
+        logp = token_logprobs(model, p_ids, p_mask, r_ids, r_mask, temperature=1.0)
+    return dict(prompt_ids=p_ids, prompt_mask=p_mask, response_ids=r_ids, response_mask=r_mask,
+                logprobs=torch.where(r_mask.bool(), logp, 0.0), texts=[""] * n, truncated=torch.zeros(n, dtype=torch.bool),
+                prompt_index=torch.arange(n))
+
+
+def test_one_update_on_two_processes_equals_one_process(toy, tmp_path):
+    from spo_lab.engines.base import Rollouts
+    from spo_lab.models import load_policy
+    from spo_lab.ppo import PPOSettings, ppo_update, trainable
+
+    model, tok = load_policy(toy / "model")
+    rollouts = _rollouts_of(model, tok)
+    adv = torch.randn(12, generator=torch.Generator().manual_seed(4))
+    settings = [PPOSettings(mini_batches=2), PPOSettings(mini_batches=3, micro_batch_rows=1),
+                PPOSettings(mini_batches=2, loss_agg="seq-mean-token-sum"),
+                PPOSettings(mini_batches=12)]  # one row per mini-batch: process 0 has none, contributes zeros
+    torch.save({"model": str(toy / "model"), "rollouts": rollouts, "advantages": adv, "settings": settings},
+               tmp_path / "update.pt")
+    proc, _ = torchrun(WORKER, "update", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = torch.load(tmp_path / "update-result.pt", weights_only=False)
+    for s, (weights, stats) in zip(settings, results):
+        model, _ = load_policy(toy / "model")
+        opt = torch.optim.AdamW(trainable(model), lr=1e-3)
+        one = ppo_update(model, opt, Rollouts(**rollouts), adv, s, torch.Generator().manual_seed(0))
+        moved = max(float((v - load_policy(toy / "model")[0].state_dict()[k]).abs().max()) for k, v in weights.items())
+        assert moved > 1e-4, s  # the update did something
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(weights[k], v, rtol=1e-5, atol=1e-6, msg=lambda m: f"{s}: {k}: {m}")
+        assert stats.keys() == one.keys()
+        for k in one:
+            assert stats[k] == pytest.approx(one[k], rel=1e-4, abs=1e-6), (s, k)
+
+
+# ====================================================================== (b) one method state on every process
+def test_the_tracker_is_identical_on_every_process(toy, tmp_path):
+    out = tmp_path / "spo"
+    proc, _ = torchrun(WORKER, "train", tmp_path, *_train_flags(toy, out, "spo", 4, "--sampling", "prioritized"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = ((tmp_path / f"rank{r}.txt").read_text().splitlines() for r in (0, 1))
+    assert len(r0) == 4 and r0 == r1  # method state and D's stored responses, after every step
+    assert len({line.split()[1] for line in r0}) == 4  # ... and the state moved every step
+    assert _steps(out) == [0, 1, 2, 3, 4]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for row in (rows[0], rows[2], rows[4]):  # each process evaluated its share; the means are combined
+        assert {"eval/greedy_acc", "eval/greedy_acc/level=1", "eval/sampled_acc/level=2"} <= set(row)
+        assert 0 <= row["eval/greedy_acc"] <= 1
+
+
+def test_a_drifting_tracker_stops_the_job(toy, tmp_path):
+    out = tmp_path / "spo"
+    proc, seconds = torchrun(WORKER, "drift", tmp_path, *_train_flags(toy, out, "spo", 4))
+    assert proc.returncode != 0
+    assert "drifted: process(es) [1] disagree with process 0" in proc.stderr, proc.stderr[-3000:]
+    assert _steps(out) == [0, 1]  # it stopped at the step whose state disagreed
+
+
+# ====================================================================== (c) end to end: kill, resume, rescale
+@pytest.mark.parametrize("algo", ["spo", "grpo"])
+def test_torchrun_survives_a_killed_process_and_resumes(toy, tmp_path, algo):
+    out = tmp_path / algo
+    flags = _train_flags(toy, out, algo, 5)
+    proc, seconds = torchrun("-m", "spo_lab.train", *flags, env={"SPO_LAB_FAILPOINT": "step-rank1:3"})
+    assert proc.returncode != 0 and seconds < 120
+    assert "spo_lab.train FAILED" in proc.stderr and "rank      : 1" in proc.stderr, proc.stderr[-3000:]
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 2 and len(ck["rank_rng"]) == 2
+
+    proc, _ = torchrun("-m", "spo_lab.train", *flags, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _steps(out) == [0, 1, 2, 3, 4, 5]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["responses"] for r in rows[1:]] == [16 * k for k in range(1, 6)]
+    assert {json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()} == {2, 4, 5}
+    if algo == "spo":  # the same global batch on another number of processes: one process extends the run
+        one = subprocess.run([sys.executable, "-m", "spo_lab.train", *_train_flags(toy, out, algo, 6), "--resume"],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert one.returncode == 0, one.stderr[-3000:]
+        assert _steps(out) == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_a_process_that_stops_answering_ends_the_job_within_the_timeout(tmp_path):
+    proc, seconds = torchrun(WORKER, "hang", tmp_path, env={"SPO_LAB_DIST_TIMEOUT": "3"}, timeout=60)
+    assert proc.returncode != 0 and seconds < 45  # process 1 would sleep 60 s
+    assert "process 0 of 2: all_gather_object failed" in proc.stderr and "within 3 s" in proc.stderr, proc.stderr[-3000:]
