@@ -116,7 +116,9 @@ def _recording(mod):
             self.reference_d = mod.ResponseCache(len(self.train_dataset), 32, 8, self._tokenizer.pad_token_id)
 
         def offline_pass(self):
+            before = torch.get_rng_state()
             self.rec["offline"] = super().offline_pass()
+            assert torch.equal(torch.get_rng_state(), before), "the offline pass changed the run's random stream"
             return self.rec["offline"]
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):

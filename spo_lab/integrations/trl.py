@@ -46,7 +46,8 @@ How, in TRL 1.16 (each method wraps TRL's and calls it; no TRL method body is co
 - D(x) needs the updated policy: one no-grad forward over the stored and new responses, split over the
   processes and gathered (every process calls it), at the start of the next generation and after ``train``.
 
-Tested with TRL 1.16.0 on CPU, in one process and in two (gloo): ``tests/test_trl_integration.py``.
+Tested with TRL 1.16.0 on CPU, in one process and in two (gloo), transformers generation, full fine-tuning:
+``tests/test_trl_integration.py``. PEFT, vLLM generation, GPUs, DeepSpeed and FSDP were not run by the tests.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ except ImportError as err:  # the default environment has no TRL
 
 from .. import keys
 from ..divergence import KLClock, ResponseCache
+from ..engines.base import seeded
 from ..models import token_logprobs
 from ..spo import SPO
 
@@ -185,7 +187,8 @@ class SPOTrainer(GRPOTrainer):
             offline pass (e.g. counts saved from an earlier pass with :meth:`offline_pass`).
 
     Attributes: ``spo`` (the :class:`spo_lab.spo.SPO` state), ``d_estimator`` (None for constant rho),
-    ``offline_responses`` (responses the offline pass generated).
+    ``offline_counts`` (the counts the tracker started from, if any), ``offline_responses`` and
+    ``offline_seconds`` (what the offline pass generated, and its wall time).
     """
 
     def __init__(self, model, reward_funcs=None, args: SPOConfig | None = None, train_dataset=None, *more,
@@ -204,7 +207,7 @@ class SPOTrainer(GRPOTrainer):
                        generator=self._uniform_generator)
         self.d_estimator = {"kl": lambda: ResponseCache(num_prompts, 1, 1, self._tokenizer.pad_token_id),
                             "kl-clock": lambda: KLClock(num_prompts), "constant": lambda: None}[args.spo_rho_mode]()
-        self.offline_responses = 0
+        self.offline_counts, self.offline_responses, self.offline_seconds = offline_counts, 0, 0.0
         self._pending: _Evidence | None = None  # the last batch, folded in once its updates are done
         self._batch: dict | None = None  # the batch being generated: its ids, then its gathered rewards
         self._spo_ready = offline_counts is not None or not args.spo_offline_init
@@ -216,7 +219,8 @@ class SPOTrainer(GRPOTrainer):
         """TRL's ``train``, after the offline pass (unless resuming, or counts were given) and followed by
         folding the last batch into the tracker."""
         if not resume_from_checkpoint and not self._spo_ready:
-            self.spo.init_from_counts(*self.offline_pass(), mode=self.args.spo_init_mode)
+            self.offline_counts = self.offline_pass()
+            self.spo.init_from_counts(*self.offline_counts, mode=self.args.spo_init_mode)
         self._spo_ready = True
         out = super().train(resume_from_checkpoint, *args, **kwargs)
         self.fold_pending()
@@ -338,7 +342,9 @@ class SPOTrainer(GRPOTrainer):
         does (TRL's ``_generate`` and ``_calculate_rewards``), the prompts split over the processes.
 
         Returns ``(successes, trials)``, float64 ``[P]``: the summed rewards and ``spo_n0``, per prompt.
-        Costs ``spo_n0 * P`` responses, counted in ``offline_responses``. Collective.
+        Costs ``spo_n0 * P`` responses, counted in ``offline_responses``. Runs on a forked torch RNG seeded
+        with ``seed`` (+ the process index), so the training run's random stream is the same with or without
+        it. Collective: every process calls it.
         """
         n0, num_prompts = self.args.spo_n0, len(self.train_dataset)
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
@@ -348,24 +354,25 @@ class SPOTrainer(GRPOTrainer):
         self.model.eval()  # TRL's eval mode: nothing is added to the training counters or metrics
         self.num_generations_eval = 1
         try:
-            for start in range(0, num_prompts, per_call * world):
-                block = torch.arange(start, min(start + per_call * world, num_prompts))
-                slots = [block[j * per_call:][:per_call].tolist() for j in range(world)]
-                slots = [s + [s[0] if s else 0] * (per_call - len(s)) for s in slots]  # equal rows on every process
-                rows = [self.train_dataset[i] for i in slots[rank] for _ in range(n0)]
-                prompts = [x["prompt"] for x in rows]
-                _, completion_ids, _, completions, *_ = self._generate(prompts)  # TRL's 8-tuple
-                r = self._weighted_sum(self._calculate_rewards(rows, prompts, completions, completion_ids))
-                r = r.view(world, per_call, n0).sum(-1)
-                for j in range(world):  # padding slots repeat an id of their block: count each id once
-                    real = block[j * per_call:][:per_call]
-                    successes[real] = r[j, : len(real)]
+            with seeded(self.args.seed + rank, self.accelerator.device):
+                for start in range(0, num_prompts, per_call * world):
+                    block = torch.arange(start, min(start + per_call * world, num_prompts))
+                    slots = [block[j * per_call:][:per_call].tolist() for j in range(world)]
+                    slots = [s + [s[0] if s else 0] * (per_call - len(s)) for s in slots]  # equal rows everywhere
+                    rows = [self.train_dataset[i] for i in slots[rank] for _ in range(n0)]
+                    prompts = [x["prompt"] for x in rows]
+                    _, completion_ids, _, completions, *_ = self._generate(prompts)  # TRL's 8-tuple
+                    r = self._weighted_sum(self._calculate_rewards(rows, prompts, completions, completion_ids))
+                    r = r.view(world, per_call, n0).sum(-1)
+                    for j in range(world):  # padding slots repeat an id of their block: count each id once
+                        real = block[j * per_call:][:per_call]
+                        successes[real] = r[j, : len(real)]
         finally:
             self.model.train(was_training)
             self.num_generations_eval = eval_generations
             self._metrics["eval"].clear()  # _generate logged the pass as evaluation
-        self.offline_responses = n0 * num_prompts
-        self._log_spo({"offline_responses": self.offline_responses, keys.OFFLINE_TIME: time.perf_counter() - t0})
+        self.offline_responses, self.offline_seconds = n0 * num_prompts, time.perf_counter() - t0
+        self._log_spo({"offline_responses": self.offline_responses, keys.OFFLINE_TIME: self.offline_seconds})
         return successes, torch.full((num_prompts,), float(n0), dtype=torch.float64)
 
     # ------------------------------------------------------------------ checkpoints
