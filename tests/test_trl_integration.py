@@ -309,9 +309,12 @@ def test_two_processes_keep_one_tracker(spo_trl, tmp_path):
     """``torch.distributed.run`` with 2 CPU processes (gloo): each generates its half of every batch, and both
     end with the same draws, rewards, D and tracker -- the ones spo_lab.spo.SPO computes from them."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), __file__, "--worker", str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
+    for _ in range(2):  # a second try only if another program took the free port first
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), __file__, "--worker", str(tmp_path)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
+        if proc.returncode == 0 or "address already in use" not in (proc.stdout + proc.stderr).lower():
+            break
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     r0, r1 = (torch.load(tmp_path / f"rank{k}.pt", weights_only=False) for k in (0, 1))
     for key in ("draws", "baselines", "rewards", "folds", "after_fold", "offline"):
