@@ -423,8 +423,9 @@ def _with_prompt_ids(dataset):
 def _fit_to_cache(cache: ResponseCache, ev: _Evidence) -> _Evidence:
     """Widen the response cache to hold this batch, and left-pad the batch's prompts to the cache's width.
 
-    The cache is created 1 token wide and grows with the widest prompt and response seen; giving it the
-    batch at its own width keeps a stored prompt longer than this batch's longest whole."""
+    A TRL run knows neither width in advance (prompts are tokenised, maybe chat-templated, by TRL), so the
+    cache starts 1 token wide and grows with the widest prompt and response seen; the batch, padded to the
+    cache's width, is stored without cutting a token."""
     sd = cache.state_dict()
     p_width = max(sd["prompt_ids"].shape[1], ev.prompt_ids.shape[1])
     r_width = max(sd["response_ids"].shape[1], ev.response_ids.shape[1])
