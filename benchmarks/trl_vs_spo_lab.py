@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -192,23 +193,27 @@ def main() -> None:
     counts = root / "offline_counts.pt"
     print(f"{args.seeds} seeds x {methods}, {args.steps} steps of {RESPONSES} responses, eval every {args.eval_every} "
           f"on {args.eval_prompts or 500} held-out prompts (avg@8, greedy); one process per run, OMP_NUM_THREADS=1")
-    for rnd, seed in ((r, s) for r in range(args.rounds) for s in range(args.seeds)):
-        for method in methods[rnd % len(methods):] + methods[: rnd % len(methods)]:  # the first one rotates
-            out = root / f"{method}-{seed}-{rnd}.json"
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--seed", str(seed), "--run-dir",
-                   str(root / f"{method}-{seed}-{rnd}"), "--counts", str(counts), "--worker-out", str(out),
-                   "--steps", str(args.steps), "--eval-every", str(args.eval_every),
-                   "--eval-prompts", str(args.eval_prompts)] + (["--no-eval"] if args.no_eval else [])
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, env={**os.environ, **ENV}, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{method} seed {seed} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-            res = json.loads(out.read_text()) | {"round": rnd}
-            results.append(res)
-            print(f"  {method} seed {seed}: {time.perf_counter() - t0:.0f} s wall; "
-                  + "".join(f"step {e['step']} avg@8 {e['avg']:.4f} greedy {e['greedy']:.3f}; " for e in res["evals"])
-                  + f"median {statistics.median(res['step_ms'][args.warmup:]):.0f} ms/step"
-                  + (f"; offline pass {res['offline_s']:.0f} s" if res["offline_s"] else ""), flush=True)
+    try:
+        for rnd, seed in ((r, s) for r in range(args.rounds) for s in range(args.seeds)):
+            for method in methods[rnd % len(methods):] + methods[: rnd % len(methods)]:  # the first one rotates
+                out = root / f"{method}-{seed}-{rnd}.json"
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--seed", str(seed), "--run-dir",
+                       str(root / f"{method}-{seed}-{rnd}"), "--counts", str(counts), "--worker-out", str(out),
+                       "--steps", str(args.steps), "--eval-every", str(args.eval_every),
+                       "--eval-prompts", str(args.eval_prompts)] + (["--no-eval"] if args.no_eval else [])
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, env={**os.environ, **ENV}, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{method} seed {seed} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+                res = json.loads(out.read_text()) | {"round": rnd}
+                results.append(res)
+                print(f"  {method} seed {seed}: {time.perf_counter() - t0:.0f} s wall; "
+                      + "".join(f"step {e['step']} avg@8 {e['avg']:.4f} greedy {e['greedy']:.3f}; "
+                                for e in res["evals"])
+                      + f"median {statistics.median(res['step_ms'][args.warmup:]):.0f} ms/step"
+                      + (f"; offline pass {res['offline_s']:.0f} s" if res["offline_s"] else ""), flush=True)
+    finally:  # run folders, checkpoints, the offline counts
+        shutil.rmtree(root, ignore_errors=True)
     report(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

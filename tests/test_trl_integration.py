@@ -145,7 +145,8 @@ def _recording(mod):
 
                 was_training = self.model.training
                 self.model.eval()
-                wide = dataclasses.replace(ev, prompt_ids=mod._pad(ev.prompt_ids, 32, self._tokenizer.pad_token_id, True),
+                pad = self._tokenizer.pad_token_id
+                wide = dataclasses.replace(ev, prompt_ids=mod._pad(ev.prompt_ids, 32, pad, True),
                                            prompt_mask=mod._pad(ev.prompt_mask, 32, 0, True))
                 self.rec["ref_d"].append(self.reference_d.observe(logprob_fn(self.model, 1.0, 16), ev.ids, wide))
                 self.model.train(was_training)

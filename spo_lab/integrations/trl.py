@@ -202,8 +202,9 @@ class SPOTrainer(GRPOTrainer):
         num_prompts, seed = len(self.train_dataset), args.seed + 1 if args.spo_seed is None else args.spo_seed
         self._uniform_generator = torch.Generator().manual_seed(seed)  # the uniform ablation's draws
         self.spo = SPO(num_prompts, args.generation_batch_size, rho_min=args.spo_rho_min, rho_max=args.spo_rho_max,
-                       d_half=args.spo_d_half, baseline=args.spo_baseline, prioritized=args.spo_sampling == "prioritized",
-                       eps=args.spo_priority_eps, gamma=args.spo_priority_gamma, thompson=args.spo_thompson, seed=seed,
+                       d_half=args.spo_d_half, baseline=args.spo_baseline,
+                       prioritized=args.spo_sampling == "prioritized", eps=args.spo_priority_eps,
+                       gamma=args.spo_priority_gamma, thompson=args.spo_thompson, seed=seed,
                        generator=self._uniform_generator)
         self.d_estimator = {"kl": lambda: ResponseCache(num_prompts, 1, 1, self._tokenizer.pad_token_id),
                             "kl-clock": lambda: KLClock(num_prompts), "constant": lambda: None}[args.spo_rho_mode]()
@@ -291,7 +292,8 @@ class SPOTrainer(GRPOTrainer):
                        keys.D_MEAN: float(d.mean()) if d is not None else 0.0,
                        keys.D_MAX: float(d.max()) if d is not None else 0.0,
                        keys.N_EFF_MEAN: float(self.spo.tracker.n_eff().mean()),
-                       keys.V_MEAN: float(self.spo.values().mean()), keys.time_key("tracker"): time.perf_counter() - t0})
+                       keys.V_MEAN: float(self.spo.values().mean()),
+                       keys.time_key("tracker"): time.perf_counter() - t0})
 
     def _evidence(self, ids: Tensor, rewards: Tensor, out: dict) -> _Evidence:
         """This batch's rows from every process (padded to common widths), on the CPU."""
@@ -395,7 +397,8 @@ class SPOTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:  # one copy: every process holds the same state
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder = os.path.join(self._get_output_dir(trial=trial),
+                                  f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             torch.save(self.spo_state_dict(), os.path.join(folder, STATE_FILE))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
