@@ -16,8 +16,10 @@ quick:     ## smoke version of the main job
 test:      ## unit tests + every notebook under nbval (ci profile)
 	python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest
 
-notebooks: ## re-execute every notebook in place with the default profile (stored outputs)
-	.venv/bin/python scripts/run_notebooks.py
+notebooks: ## re-execute every notebook in place with the default profile (stored outputs); 12 in TRL's venv
+	.venv/bin/python scripts/run_notebooks.py $(filter-out notebooks/12_trl.ipynb,$(sort $(wildcard notebooks/*.ipynb)))
+	test -x .venv-trl/bin/python || bash scripts/ci_trl.sh
+	.venv-trl/bin/python scripts/run_notebooks.py notebooks/12_trl.ipynb
 
 lab:       ## install what every notebook needs and open them in JupyterLab
 	python3 -m venv .venv && .venv/bin/pip install -e ".[notebooks]" && .venv/bin/jupyter lab notebooks

@@ -92,7 +92,7 @@ def run_ours(setup: str, args) -> dict:
     """Train ``args.steps`` steps with spo_lab.train; per-step ms from the time/* columns of metrics.jsonl."""
     import torch
 
-    from spo_lab.experiment import NOT_STEP  # time/* columns that are not part of a step
+    from spo_lab.keys import NOT_STEP  # time/* columns that are not part of a step
     from spo_lab.train import train
 
     out = train(ours_config(setup, args, args.run_dir, args.cache_dir, args.steps))
