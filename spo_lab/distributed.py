@@ -134,16 +134,22 @@ class World:
             dist.all_gather_object(out, obj)
         return out
 
-    def gather(self, t: Tensor) -> Tensor:
-        """Every process's ``t`` concatenated along dim 0 in rank order (first dims may differ, the rest must not)."""
+    def gather(self, t: Tensor, total: int | None = None) -> Tensor:
+        """Every process's ``t`` concatenated along dim 0 in rank order (first dims may differ, the rest must not).
+
+        ``total``: ``t`` is this process's :meth:`share` of ``total`` rows (the sizes are known: one collective less).
+        """
         if self.size == 1:
             return t
         flag = t.dtype == torch.bool
         x = t.to(torch.uint8) if flag else t
         with self._collective(f"all_gather of a {tuple(t.shape)} tensor"):
-            n = torch.tensor([x.shape[0]], device=x.device)
-            sizes = [torch.zeros_like(n) for _ in range(self.size)]
-            dist.all_gather(sizes, n)
+            if total is None:
+                n = torch.tensor([x.shape[0]], device=x.device)
+                sizes = [torch.zeros_like(n) for _ in range(self.size)]
+                dist.all_gather(sizes, n)
+            else:
+                sizes = [hi - lo for lo, hi in (World(k, self.size).bounds(total) for k in range(self.size))]
             m = max(int(s) for s in sizes)
             pad = x.new_zeros((m - x.shape[0], *x.shape[1:]))
             parts = [x.new_empty((m, *x.shape[1:])) for _ in range(self.size)]
@@ -200,37 +206,41 @@ class World:
 
     # ------------------------------------------------------------------ the trainer's uses
     def gather_batch(self, rollouts: Rollouts, rewards: Tensor, *, pad_id: int) -> tuple[Rollouts, Tensor]:
-        """The global batch on every process: each process's rows and rewards, in rank order.
+        """The global batch on every process: each process's rows and rewards, in rank order (one collective).
 
         Prompts are left-padded and responses right-padded (``pad_id``, masks and log-probs 0) to the
         widest process's widths, the layout one engine call gives a batch of mixed lengths.
         """
         if self.size == 1:
             return rollouts, rewards
-        with self._collective("the widths all-reduce"):
-            w = torch.tensor([rollouts.prompt_ids.shape[1], rollouts.response_ids.shape[1]])
-            dist.all_reduce(w, op=dist.ReduceOp.MAX)
-        p, t = int(w[0]), int(w[1])
-        fields = {f.name: getattr(rollouts, f.name) for f in dataclasses.fields(rollouts)}
-        for name, value in (("prompt_ids", pad_id), ("prompt_mask", 0)):
-            x = fields[name]
-            fields[name] = torch.cat([x.new_full((x.shape[0], p - x.shape[1]), value), x], dim=1)
-        for name, value in (("response_ids", pad_id), ("response_mask", 0), ("loss_mask", 0), ("logprobs", 0.0)):
-            x = fields[name]
-            fields[name] = torch.cat([x, x.new_full((x.shape[0], t - x.shape[1]), value)], dim=1)
-        texts = [s for part in self.gather_objects(list(fields.pop("texts"))) for s in part]
-        return Rollouts(texts=texts, **{k: self.gather(v) for k, v in fields.items()}), self.gather(rewards)
+        own = {f.name: getattr(rollouts, f.name) for f in dataclasses.fields(rollouts)}
+        own = {k: v.clone() if isinstance(v, Tensor) else v for k, v in own.items()}  # a view would send its base
+        parts = self.gather_objects((own, rewards.clone()))
+        p = max(part["prompt_ids"].shape[1] for part, _ in parts)
+        t = max(part["response_ids"].shape[1] for part, _ in parts)
+        for part, _ in parts:
+            for name, value in (("prompt_ids", pad_id), ("prompt_mask", 0)):
+                x = part[name]
+                part[name] = torch.cat([x.new_full((x.shape[0], p - x.shape[1]), value), x], dim=1)
+            for name, value in (("response_ids", pad_id), ("response_mask", 0), ("loss_mask", 0),
+                                ("logprobs", 0.0)):
+                x = part[name]
+                part[name] = torch.cat([x, x.new_full((x.shape[0], t - x.shape[1]), value)], dim=1)
+        fields = {name: ([s for part, _ in parts for s in part[name]] if name == "texts"
+                         else torch.cat([part[name] for part, _ in parts])) for name in parts[0][0]}
+        return Rollouts(**fields), torch.cat([r for _, r in parts])
 
     def sharded(self, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        """``fn(*batch) -> [N, ...]`` computed a share of the N rows per process and gathered (``fn`` in one process)."""
+        """``fn(*batch) -> [N, ...]``, each process computing a share of the N rows, gathered (one process: ``fn``)."""
         if self.size == 1:
             return fn
 
         def run(*batch: Tensor) -> Tensor:
-            lo, hi = self.bounds(batch[0].shape[0])
+            n = batch[0].shape[0]
+            lo, hi = self.bounds(n)
             if hi > lo:
-                return self.gather(fn(*(t[lo:hi] for t in batch)))
-            return self.gather(fn(*(t[:1] for t in batch))[:0])  # no rows here: an empty part of the right shape
+                return self.gather(fn(*(t[lo:hi] for t in batch)), n)
+            return self.gather(fn(*(t[:1] for t in batch))[:0], n)  # no rows here: an empty part of the right shape
 
         return run
 
@@ -297,3 +307,62 @@ def state_checksum(state) -> str:
 
     feed(state)
     return h.hexdigest()
+
+
+# ====================================================================== scaling benchmark (command line)
+def bench(layouts: list[str], train_args: list[str], *, rounds: int = 3, out: str = "runs/dp-bench",
+          skip: int = 2, timeout_s: float = 1800) -> list[dict]:
+    """Median step time of ``python -m spo_lab.train TRAIN_ARGS`` per layout ``"PxT"`` (P processes of T threads).
+
+    The layouts take turns, round after round, in fresh ``torchrun --standalone`` jobs, so they see the
+    same machine load; a step's time is the sum of its phases (``time/<phase>``, rank 0's clock: the
+    step is synchronous), its first ``skip`` steps and the last (evaluation) left out. Returns one row
+    per layout: its per-round medians, their median, and the speed-up over the first layout.
+    """
+    import json
+    import statistics
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .keys import PHASES, time_key
+
+    times: dict[str, list[float]] = {lay: [] for lay in layouts}
+    for r in range(rounds):
+        for lay in layouts:
+            procs, threads = (int(x) for x in lay.split("x"))
+            folder = Path(out) / f"{lay}-round{r}"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+                   "-m", "spo_lab.train", *train_args, "--num-threads", str(threads), "--out", str(folder),
+                   "--overwrite", "--no-progress", "--no-save-model"]
+            subprocess.run(cmd, check=True, timeout=timeout_s, stdout=subprocess.DEVNULL,
+                           env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()][1 + skip : -1]
+            times[lay].append(statistics.median(sum(row.get(time_key(p), 0.0) for p in PHASES) for row in rows))
+    base = statistics.median(times[layouts[0]])
+    return [{"layout": lay, "rounds_ms": [round(1000 * t) for t in ts],
+             "median_ms": round(1000 * statistics.median(ts)), "speedup": round(base / statistics.median(ts), 2)}
+            for lay, ts in times.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m spo_lab.distributed bench [--layouts 1x1 2x1 ...] [--rounds 3] [--out DIR] -- TRAIN FLAGS``."""
+    import argparse
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    own, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(prog="python -m spo_lab.distributed", description=bench.__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["bench"])
+    parser.add_argument("--layouts", nargs="+", default=["1x1", "1x2", "2x1"], help="PxT: P processes of T threads")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each layout takes")
+    parser.add_argument("--out", default="runs/dp-bench", help="folder of the benchmark's runs")
+    args = parser.parse_args(own)
+    for row in bench(args.layouts, train_args, rounds=args.rounds, out=args.out):
+        print(f"{row['layout']:>5}  median step {row['median_ms']:>6} ms  x{row['speedup']:<5} "
+              f"rounds {row['rounds_ms']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

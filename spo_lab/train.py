@@ -693,7 +693,7 @@ def _offline_init(run: Run, on_offline_chunk=None) -> None:
                                       cache_dir=cfg.cache_dir or user_cache_dir("offline"),
                                       progress=cfg.progress and world.rank == 0, on_chunk=on_offline_chunk,
                                       info=run.offline_info)
-        succ, trials = world.gather(succ), world.gather(trials)
+        succ, trials = world.gather(succ, len(run.problems)), world.gather(trials, len(run.problems))
         run.offline_responses = cfg.n0 * len(run.problems)
     spo.init_from_counts(succ, trials, mode=cfg.init_mode)
 
