@@ -2,6 +2,7 @@
 
     python -m spo_lab.profiles          # every profile, its estimate and the card it is sized for
     python -m spo_lab.profiles colab    # one profile: settings, memory breakdown, check against this GPU
+    torchrun --nproc_per_node 8 -m spo_lab.profiles gpu80x8 --train   # a profile sized for 8 GPUs, one process each
     cfg = spo_lab.profiles.apply_profile("colab", steps=100)   # a validated spo_lab.train.Config
 
 A profile is a dict of :class:`spo_lab.train.Config` overrides, ``engine_kwargs`` for the vLLM engine
@@ -16,11 +17,19 @@ Checked against peak RSS on a CPU (fp32, random-init Qwen3-0.6B-shaped models wi
 token_logprobs forward + backward): activations + logits came out 1.03-1.34x the measurement, never below;
 the bf16 GPU path (an extra fp32 copy of the logits) and vLLM are not measured.
 Read the total as +-30%: a verdict with less than ~15% headroom is a "maybe", found out by running.
+
+Several processes (``torchrun``, :mod:`spo_lab.distributed`; ``processes`` below, one GPU each) are data
+parallel: every GPU holds a full replica of the weights, gradients and AdamW state (nothing is sharded),
+and what shrinks is the per-GPU work -- each process generates R / N of the responses, trains on 1 / N
+of every mini-batch and scores 1 / N of D's rows. So N GPUs buy speed and a larger global batch, not
+room for a larger model: a state that does not fit one GPU needs sharded training (FSDP), which
+spo_lab does not do. The GPU numbers here are estimates until a GPU run measures them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -144,13 +153,15 @@ def estimate_memory(
     max_prompt_tokens: int = 512, max_new_tokens: int = 1024, gradient_checkpointing: bool = False,
     engine: str = "vllm", vllm_gpu_memory_utilization: float = 0.5, gpu_memory_gb: float = 80.0,
     rows_per_forward: int | None = None, score_passes: int = 2, fp32_master: bool = False,
-    ref_model: bool = False, overhead_gb: float = 0.75, vllm_sleep: bool = False,
+    ref_model: bool = False, overhead_gb: float = 0.75, vllm_sleep: bool = False, processes: int = 1,
 ) -> MemoryEstimate:
     """Estimate the peak memory of ``spo_lab.train`` on one GPU (policy and vLLM colocated).
 
-    N = parameters, b = ``dtype_bytes``, r = rows (responses) per forward = responses_per_step /
-    mini_batches unless ``rows_per_forward`` says otherwise, s = P + T (prompt + response tokens, every
-    row padded to the caps: the worst case), V = vocab, L = layers, h = hidden, I = intermediate.
+    N = parameters, b = ``dtype_bytes``, R = responses generated on this GPU (``responses_per_step`` /
+    ``processes``: each data-parallel process generates its share), r = rows (responses) per forward =
+    responses_per_step / (mini_batches x processes) unless ``rows_per_forward`` says otherwise, s = P + T
+    (prompt + response tokens, every row padded to the caps: the worst case), V = vocab, L = layers,
+    h = hidden, I = intermediate. The model state below is per GPU whatever ``processes`` is (replicas).
 
     - weights = N b (+ a frozen reference copy when ``ref_model``), plus the LoRA adapter in fp32 (peft
       upcasts adapters of bf16/fp16 models: ``autocast_adapter_dtype=True``).
@@ -187,8 +198,8 @@ def estimate_memory(
     b = dtype_bytes
     P, T = max_prompt_tokens, max_new_tokens
     s = P + T
-    R = responses_per_step
-    r = rows_per_forward or max(1, R // mini_batches)
+    R = -(-responses_per_step // processes)
+    r = rows_per_forward or max(1, responses_per_step // (mini_batches * processes))
     n, V, L, h = a.n_params, a.vocab, a.layers, a.hidden
     q, kv = a.heads * a.head_dim, a.kv_heads * a.head_dim
     notes = []
@@ -223,6 +234,10 @@ def estimate_memory(
         engine_b, kv_cache, kv_tokens = 0, 0.0, 0
         generate = R * s * a.kv_bytes_per_token(b) + R * T * V * 4
     notes.append(f"{r} rows/forward x ({P} prompt + {T} response tokens), every row padded to the caps")
+    if processes > 1:
+        notes.append(f"data parallel over {processes} GPUs: each holds a full replica of the weights, gradients and "
+                     f"AdamW state, generates {R} of the {responses_per_step} responses and trains on 1/{processes} "
+                     "of every mini-batch")
     return MemoryEstimate(
         model=a.name, params=n, trainable=trainable, weights_gb=weights / GiB, grads_gb=grads / GiB,
         optimizer_gb=optim / GiB, engine_gb=engine_b / GiB, overhead_gb=overhead_gb, activations_gb=act / GiB,
@@ -230,10 +245,12 @@ def estimate_memory(
         kv_tokens=kv_tokens, rows_per_forward=r, engine_sleeps=vllm_sleep and engine == "vllm", assumptions=notes)
 
 
-def estimate_config(cfg, *, gpu_memory_gb: float = 80.0, dtype_bytes: int | None = None, **kwargs) -> MemoryEstimate:
-    """:func:`estimate_memory` for a :class:`spo_lab.train.Config` (``dtype="auto"`` counts 2 bytes: a GPU)."""
+def estimate_config(cfg, *, gpu_memory_gb: float = 80.0, dtype_bytes: int | None = None, processes: int = 1,
+                    **kwargs) -> MemoryEstimate:
+    """:func:`estimate_memory` for a :class:`spo_lab.train.Config` (``dtype="auto"`` counts 2 bytes: a GPU),
+    run as ``processes`` data-parallel processes of one GPU each."""
     kw = dict(lora_rank=cfg.lora_rank, responses_per_step=cfg.responses_per_step, mini_batches=cfg.mini_batches,
-              rows_per_forward=cfg.ppo.rows_per_pass(cfg.responses_per_step),
+              rows_per_forward=cfg.ppo.rows_per_pass(cfg.responses_per_step // processes), processes=processes,
               max_new_tokens=cfg.max_new_tokens, gradient_checkpointing=cfg.gradient_checkpointing,
               engine=cfg.engine, ref_model=cfg.kl_coef > 0, vllm_sleep=getattr(cfg, "vllm_sleep", False),
               vllm_gpu_memory_utilization=getattr(cfg, "vllm_gpu_memory_utilization", 0) or 0.5,
@@ -298,10 +315,14 @@ class Profile:
     """vLLM settings, set as the Config fields ``vllm_<key>`` (``build_engine("vllm", ..., **engine_kwargs)``)"""
     estimate_kwargs: dict = field(default_factory=dict)
     fits_single_gpu: bool = True
+    """each process's state fits its GPU (False: the state itself needs sharding across GPUs)"""
+    processes: int = 1
+    """GPUs it is sized for, one data-parallel process each (``torchrun --nproc_per_node``)"""
 
     def estimate(self, gpu_memory_gb: float | None = None) -> MemoryEstimate:
         cfg = apply_profile(self.name)
-        return estimate_config(cfg, gpu_memory_gb=gpu_memory_gb or self.gpu_memory_gb, **self.estimate_kwargs)
+        return estimate_config(cfg, gpu_memory_gb=gpu_memory_gb or self.gpu_memory_gb, processes=self.processes,
+                               **self.estimate_kwargs)
 
 
 _MATH = dict(task="math", engine="vllm", device="cuda", algo="spo", temperature=1.0, save_every=25)
@@ -351,11 +372,26 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
              weight_decay=0.01, n0=8, steps=300, out="runs/paper-spo"),
         gpu_memory_gb=79.1, fits_single_gpu=False, engine_kwargs=dict(max_model_len=10240),
         estimate_kwargs=dict(max_prompt_tokens=2048, fp32_master=True),
-        notes="needs the multi-GPU scale-out path (not part of spo_lab yet): the official verl recipe shards fp32 "
-              "master weights, grads and AdamW (16 B/param, 122 GiB for 8B) over 8+ GPUs with FSDP and "
-              "micro-batches each mini-batch, as micro_batch_rows 1 does here (a 128-row mini-batch in one forward "
-              "would need terabytes of logits). Tools (ReTool, 8 turns) are not in spo_lab. "
-              "GRPO: group_size 8 = 128 prompts x 8."),
+        notes="needs a sharded scale-out: the official verl recipe shards fp32 master weights, grads and AdamW "
+              "(16 B/param, 122 GiB for 8B) over 8+ GPUs with FSDP and micro-batches each mini-batch, as "
+              "micro_batch_rows 1 does here (a 128-row mini-batch in one forward would need terabytes of logits). "
+              "spo_lab's data parallelism (torchrun) splits the batch but replicates that state on every GPU, so "
+              "full fine-tuning of 8B does not fit; gpu80x8 runs this batch with LoRA on 8 GPUs. Tools (ReTool, 8 "
+              "turns) are not in spo_lab. GRPO: group_size 8 = 128 prompts x 8."),
+    Profile(
+        "gpu80x8", "the paper's batch (1024 x 1 responses of <= 8192) with Qwen3-8B + LoRA r64 on 8 x 80 GB GPUs",
+        dict(_MATH, model="Qwen/Qwen3-8B", dtype="bfloat16", lora_rank=64, lora_alpha=128,
+             gradient_checkpointing=True, responses_per_step=1024, group_size=8, max_new_tokens=8192, lr=1e-5,
+             mini_batches=8, micro_batch_rows=1, n0=8, steps=300, eval_every=25, out="runs/gpu80x8-spo"),
+        gpu_memory_gb=79.1, processes=8, engine_kwargs=dict(gpu_memory_utilization=0.35, max_model_len=10240),
+        estimate_kwargs=dict(max_prompt_tokens=2048),
+        notes="torchrun --nproc_per_node 8 -m spo_lab.profiles gpu80x8 --train: one process and one colocated vLLM per "
+              "GPU; each generates 128 responses and trains on 16 rows of each of the 8 mini-batches, one row per "
+              "forward (a 10k-token row's logits take ~12 GiB). vLLM's KV cache holds ~8 of a GPU's 128 sequences at "
+              "once: generation is the step's bottleneck. The offline init (8 x 14.1k prompts) is split across the "
+              "8 processes. Estimated, not measured: no GPU run exists yet, and a vLLM engine per torchrun process "
+              "may need vLLM's external_launcher executor (README, Several processes). Several nodes: the same per "
+              "GPU."),
 ]}
 
 
@@ -395,8 +431,12 @@ def describe(name: str, device_total_gb: float | None = None) -> str:
     lines = [f"profile {p.name}: {p.description}", f"  Config overrides: {over}",
              f"  vLLM settings (Config vllm_* fields): {p.engine_kwargs}", f"  notes: {p.notes}", est.table(),
              f"  sized for {p.gpu_memory_gb:g} GiB: {sized}", f"  this machine: {here}"]
+    if p.processes > 1:
+        lines.append(f"  per GPU, {p.processes} GPUs: torchrun --nproc_per_node {p.processes} (data parallel, one "
+                     "process per GPU, the state replicated)")
     if not p.fits_single_gpu:
-        lines.append("  single GPU: no -- needs the multi-GPU scale-out path (not part of spo_lab yet)")
+        lines.append("  one GPU per process: no -- the model state itself needs sharding across GPUs (FSDP), which "
+                     "spo_lab's data parallelism does not do")
     return "\n".join(lines)
 
 
@@ -410,9 +450,10 @@ def summary() -> str:
         for p in PROFILES.values():
             e = p.estimate()
             mode = f"LoRA r{p.overrides['lora_rank']}" if p.overrides.get("lora_rank") else "full"
-            verdict = check_fits(e, p.gpu_memory_gb).split(":")[0] + ("" if p.fits_single_gpu else " (multi-GPU)")
+            verdict = check_fits(e, p.gpu_memory_gb).split(":")[0] + ("" if p.fits_single_gpu else " (sharding)")
+            card = f"{p.processes}x{p.gpu_memory_gb:g}" if p.processes > 1 else f"{p.gpu_memory_gb:.1f}"
             out.append(f"{p.name:<11}{e.model:<11}{mode:<9}{e.weights_gb + e.grads_gb + e.optimizer_gb:>7.1f}"
-                       f"{e.engine_gb:>7.1f}{e.transient_gb:>7.1f}{e.total_gb:>7.1f}{p.gpu_memory_gb:>7.1f}  {verdict}")
+                       f"{e.engine_gb:>7.1f}{e.transient_gb:>7.1f}{e.total_gb:>7.1f}{card:>7}  {verdict}")
     return "\n".join(out)
 
 
@@ -433,10 +474,13 @@ def main(argv: list[str] | None = None) -> int:
         from .train import parse_args, train
 
         name = _profile(names[0]).name
-        print(describe(name), flush=True)  # before anything loads
+        first = os.environ.get("RANK", "0") == "0"  # under torchrun: printed once, not once per process
+        if first:
+            print(describe(name), flush=True)  # before anything loads
         defaults = dataclasses.asdict(apply_profile(name))
         out = train(parse_args(train_argv, defaults=defaults))
-        print(f"wrote {out}")
+        if first:
+            print(f"wrote {out}")
         return 0
     if any(a in ("-h", "--help") for a in argv):
         print(f"usage: python -m spo_lab.profiles [{'|'.join(PROFILES)}] ...   (add --train [flags] to train)")
