@@ -37,16 +37,18 @@ paths and the direction of the effects, not the paper's numbers (see the README'
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from .report import load_results, results_markdown, sweep_markdown, write_report, write_sweep_report
+from .report import (ablation_markdown, load_results, results_markdown, sweep_markdown, write_ablation_report,
+                     write_report, write_sweep_report)
 from .errors import cli_main
 from .keys import GREEDY_ACC, SAMPLED_ACC
 from .train import Config, train
@@ -56,7 +58,12 @@ RUNS: dict[str, dict] = {
     "grpo": {"algo": "grpo"},
     "spo-uniform": {"sampling": "uniform"},
     "spo-no-init": {"offline_init": False},
-    "spo-const-rho": {"rho_mode": "constant"},
+    "spo-n0-0": {"offline_init": False},  # the official no-data start, Beta(0.5, 0.5): n0 = 0
+    "spo-n0-1": {"n0": 1},
+    "spo-n0-2": {"n0": 2},
+    "spo-const-rho": {"rho_mode": "constant"},  # rho = --rho-constant (official ablation value 0.875)
+    "spo-no-norm": {"adv_norm": "none"},  # A = r - v, not normalised over the batch
+    "spo-paper-init": {"init_mode": "paper"},  # alpha0 = N0 k / n0 instead of the official Jeffreys form
     "spo-kl-clock": {"rho_mode": "kl-clock"},
     "spo-no-baseline": {"baseline": "none"},
     "dr_grpo": {"algo": "dr_grpo"},
@@ -81,12 +88,60 @@ ablations take their method's: ``spo-*`` SPO's, the group methods and REINFORCE 
 
 MAIN = dict(runs=("spo", "grpo"), seeds=3, steps=STEPS)
 QUICK = dict(runs=("spo", "grpo"), seeds=2, steps=30)
+ABLATIONS = dict(runs=("spo", "spo-n0-0", "spo-n0-1", "spo-n0-2", "spo-const-rho", "spo-uniform", "spo-no-norm",
+                       "spo-paper-init", "grpo"), seeds=3, steps=STEPS)
+"""The ablation job (``--ablations``): SPO as in the main job, one arm per component removed or changed, GRPO for
+reference; the main job's settings, seeds and held-out evaluation. ``spo`` (n0 = 8) and ``grpo`` are the main job's
+own runs, reused when ``results/tiny`` holds them with the same settings."""
+ARM_LABELS: dict[str, str] = {
+    "spo": "SPO (official: n0 = 8, KL-adaptive rho, prioritised, batch-normalised, Jeffreys init)",
+    "spo-n0-0": "n0 = 0: no offline pass, Beta(0.5, 0.5)", "spo-n0-1": "n0 = 1", "spo-n0-2": "n0 = 2",
+    "spo-const-rho": "constant rho = 0.875", "spo-uniform": "uniform sampling", "spo-no-norm": "no batch normalisation",
+    "spo-paper-init": "paper init (N0 k / n0)", "grpo": "GRPO (G = 8)",
+}
+"""What each ablation arm changes, in words (tables and figures)."""
 
 def lr_for(name: str) -> float:
     """The tuned learning rate of a run name: its own, else its method's (see :data:`TUNED_LR`)."""
     if name in TUNED_LR:
         return TUNED_LR[name]
     return TUNED_LR["spo"] if name.startswith("spo") else TUNED_LR["grpo"]
+
+
+def reuse_runs(configs: list[Config], source: Path, out: Path) -> list[Config]:
+    """Copy the finished runs under ``source/runs`` whose settings equal a config's into ``out/runs``; return
+    the configs still to train. Settings are compared field by field, except where a run writes and how it
+    logs (:data:`spo_lab.run_folder.RESUME_MAY_CHANGE` but ``steps`` and ``eval_every``); a field the saved run
+    does not have (added since) must be at its default. Nothing is reused from a run that did not finish."""
+    import shutil
+
+    from .run_folder import RESUME_MAY_CHANGE
+
+    defaults = asdict(Config())
+    ignore = (set(RESUME_MAY_CHANGE) - {"steps", "eval_every"}) | {"data_fingerprint"}
+    todo = []
+    for c in configs:
+        rel = Path(c.out).relative_to(out)
+        src, dst = Path(source) / rel, Path(c.out)
+        saved = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else None
+        new = asdict(c)
+        same = saved is not None and all(saved.get(k, defaults[k]) == v for k, v in new.items() if k not in ignore)
+        done = same and (src / "final_model").is_dir() and _last_step(src / "metrics.jsonl") == c.steps
+        if not done or src.resolve() == dst.resolve():
+            todo.append(c)
+            continue
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
+        print(f"reused {src} (same settings, finished)", flush=True)
+    return todo
+
+
+def _last_step(path: Path) -> int | None:
+    try:
+        return json.loads(path.read_text().splitlines()[-1])["step"]
+    except (OSError, IndexError, ValueError, KeyError):
+        return None
 
 
 def run_configs(names, seeds: int, steps: int, out: Path, **overrides) -> list[Config]:
@@ -174,6 +229,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"smoke version: {QUICK}")
     ap.add_argument("--sweep", action="store_true", help=f"the learning-rate sweep {SWEEP} -> results/tiny-sweep")
+    ap.add_argument("--ablations", action="store_true", help="the ablation job: SPO with one component removed or "
+                    "changed per arm, GRPO for reference, 3 seeds -> results/tiny-ablations")
     ap.add_argument("--runs", help=f"comma-separated names from {sorted(RUNS)} (default {','.join(MAIN['runs'])})")
     ap.add_argument("--seeds", type=int, help=f"seeds per run (default {MAIN['seeds']})")
     ap.add_argument("--steps", type=int, help=f"steps per run (default {MAIN['steps']})")
@@ -182,15 +239,21 @@ def main(argv=None) -> None:
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep each finished run's checkpoint.pt")
     ap.add_argument("--no-progress", action="store_true", help="plain lines instead of progress bars")
     ap.add_argument("--report-only", action="store_true", help="rewrite summary and figures from existing runs")
+    ap.add_argument("--main-job", default="results/tiny", help="with --ablations: the main job's folder, whose "
+                    "finished runs with the same settings are copied instead of trained again")
     args = ap.parse_args(argv)
     for flag in ("seeds", "steps", "workers"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             ap.error(f"--{flag} must be >= 1, got {v}")
-    plan = QUICK if args.quick else MAIN
+    if args.sweep and args.ablations:
+        ap.error("--sweep and --ablations are two jobs: run one at a time")
+    plan = QUICK if args.quick else ABLATIONS if args.ablations else MAIN
     seeds, steps = args.seeds or (SWEEP["seeds"] if args.sweep else plan["seeds"]), args.steps or plan["steps"]
     names = args.runs.split(",") if args.runs else list(SWEEP["runs"] if args.sweep else plan["runs"])
-    root = Path(args.out or ("results/quick" if args.quick else "results/tiny-sweep" if args.sweep else "results/tiny"))
+    default_out = ("results/quick" if args.quick else "results/tiny-sweep" if args.sweep else
+                   "results/tiny-ablations" if args.ablations else "results/tiny")
+    root = Path(args.out or default_out)
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.sweep:
@@ -202,6 +265,8 @@ def main(argv=None) -> None:
                 configs.append(replace(c, out=str(root / "runs" / f"{run}-lr{lr:g}" / Path(c.out).name)))
     else:
         configs = run_configs(names, seeds, steps, root, keep_checkpoints=args.keep_checkpoints)
+    if args.ablations and not args.report_only:  # the main job's spo and grpo runs are arms of this job too
+        configs = reuse_runs(configs, Path(args.main_job), root)
     if not args.report_only:
         print(f"{len(configs)} runs ({', '.join(names)} x {seeds} seeds x {steps} steps"
               f"{' x lrs ' + str(SWEEP['lrs']) if args.sweep else ''}) -> {root}", flush=True)
@@ -211,6 +276,9 @@ def main(argv=None) -> None:
         sweep = write_sweep_report(root, df, order=SWEEP["runs"])
         print(sweep_markdown(sweep))
         print("best lr per method: " + ", ".join(f"{r} {m['best_lr']:g}" for r, m in sweep["methods"].items()))
+    elif args.ablations:
+        summary = write_ablation_report(root, df, ARM_LABELS, None if args.report_only else time.perf_counter() - t0)
+        print(ablation_markdown(summary))
     else:
         summary = write_report(root, df, None if args.report_only else time.perf_counter() - t0)
         print(results_markdown(summary))

@@ -18,7 +18,7 @@ from .teaching import runs as run_figures
 from .teaching import style
 from .keys import DEGENERATE_FRAC, GREEDY_ACC, NOT_STEP, RESPONSES, RESPONSES_INCL_INIT, SAMPLED_ACC
 
-__all__ = ["main_job_figures", "sweep_figure", "accuracy_figure", "offline_cost_figure", "per_level_figure",
+__all__ = ["main_job_figures", "sweep_figure", "ablation_figure", "accuracy_figure", "offline_cost_figure", "per_level_figure",
            "paired_difference_figure", "degenerate_figure", "phase_time_figure"]
 
 AVG_LABEL = "held-out accuracy, avg@8 at T = 1"
@@ -176,3 +176,31 @@ def sweep_figure(root: Path, sweep: dict) -> str:
     ax.set_title(f"after {sweep['steps']} steps, one seed per point", fontsize="medium")
     style.legend(ax)
     return _save(fig, root, "sweep.png")
+
+
+def ablation_figure(root: Path, summary: dict) -> str:
+    """Per arm: its gain over the warm start, and its difference from full SPO, with 95 % intervals over seeds."""
+    style.apply()
+    runs = list(summary["runs"])
+    labels = [summary.get("labels", {}).get(r, r) for r in runs]
+    panels = [("gain over the warm start", lambda r: summary["runs"][r]["gain_avg"]),
+              ("difference from full SPO, paired by seed", lambda r: summary.get("vs_spo", {}).get(r, {}).get("avg"))]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(runs) + 1.6), sharey=True)
+    for ax, (title, get) in zip(axes, panels):
+        for y, run in enumerate(runs):
+            c = get(run)
+            if not c or c["mean"] is None:
+                continue
+            lo, hi = c["ci95"]
+            err = None if lo is None else [[c["mean"] - lo], [hi - c["mean"]]]
+            ax.barh(y, c["mean"], color=style.color(run), alpha=0.85)
+            if err is not None:
+                ax.errorbar(c["mean"], y, xerr=err, fmt="none", color="black", capsize=3, linewidth=1)
+        ax.axvline(0, color=style.METHOD_COLORS["paper"], linewidth=1)
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("held-out accuracy, avg@8 at T = 1 (fraction)")
+    axes[0].set_yticks(range(len(runs)), labels)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"ablations: mean and 95 % interval over {len(summary['runs'][runs[0]]['seeds'])} seeds",
+                 fontsize="medium")
+    return _save(fig, root, "ablations.png")

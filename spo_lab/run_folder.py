@@ -256,8 +256,11 @@ class RunFolder:
 
     check_extendable = check_resumable  # the older name of the same check
 
-    def check_resume(self, config: dict) -> None:
+    def check_resume(self, config: dict, defaults: dict | None = None) -> None:
         """RunFolderError naming every changed field that alters the run; changed training data first.
+
+        ``defaults``: each setting's default; a setting the saved run does not have (it was added later)
+        counts as unchanged when the new run keeps that default.
 
         A ``data_fingerprint`` saved and given that differ mean the training data changed (content, not
         path): every prompt's tracker entry would belong to another prompt. When both are there and
@@ -275,6 +278,8 @@ class RunFolder:
             ignore.add(DATA_FINGERPRINT)  # a run saved before fingerprints were kept: compared by path only
         else:
             ignore.add("data_dir")  # same content at another path
+        if defaults:
+            saved = {**{k: v for k, v in defaults.items() if k in config}, **saved}
         changes = {k: v for k, v in config_changes(saved, config).items() if k not in ignore}
         if changes:
             what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())

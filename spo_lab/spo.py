@@ -43,6 +43,10 @@ class SPO:
         prioritized: draw with weights sqrt(v(1-v)) / N^gamma + eps (official), or uniformly without
             replacement (ablation) from ``generator``.
         eps, gamma, thompson: the sampler's weight floor, count exponent, and true Thompson draws.
+        rho_constant: discount every update by this constant instead of rho(D) (the constant-rho ablation;
+            the official recipe's ablation value is 0.875). None: rho(D), or rho_max without D.
+        normalize: normalise advantages over the batch (official); False is the no-normalisation ablation
+            (A = r - b as it is).
         seed: seed of the prioritised sampler's own generator.
         generator: draws of the uniform ablation (None: :meth:`draw` is unavailable then, and the
             caller draws). The trainer passes its own generator, which also shuffles mini-batches.
@@ -54,10 +58,12 @@ class SPO:
     def __init__(self, num_prompts: int, batch_size: int, *, rho_min: float = 0.875, rho_max: float = 0.96,
                  d_half: float = 0.06, baseline: str = "tracker", prioritized: bool = True, eps: float = 0.05,
                  gamma: float = 0.0, thompson: bool = False, seed: int = 0,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, rho_constant: float | None = None,
+                 normalize: bool = True):
         if baseline not in ("tracker", "none"):
             raise ValueError(f"baseline must be 'tracker' or 'none', got {baseline!r}")
         self.baseline, self.batch_size, self.generator = baseline, batch_size, generator
+        self.rho_constant, self.normalize = rho_constant, normalize
         self._last: dict[str, float] = {}  # the latest step's diagnostics, for stats()
         self.tracker = ValueTracker(num_prompts, rho_min=rho_min, rho_max=rho_max, d_half=d_half)
         self.sampler = None
@@ -92,18 +98,23 @@ class SPO:
         self._last = {keys.SAMPLED_V_MEAN: float(v.mean())} if len(v) else {}
         return v if self.baseline == "tracker" else torch.zeros_like(v)
 
-    @staticmethod
-    def advantages(rewards, baselines) -> tuple[Tensor, Tensor]:
-        """``(A_tilde, A)``: the batch-normalised advantage the loss uses and the raw r - b (diagnostics)."""
+    def advantages(self, rewards, baselines) -> tuple[Tensor, Tensor]:
+        """``(A_tilde, A)``: the batch-normalised advantage the loss uses and the raw r - b (diagnostics).
+
+        With ``normalize=False`` (ablation) the loss gets A itself."""
         rewards = torch.as_tensor(rewards, dtype=torch.float64)
-        return spo_advantages(rewards, baselines), rewards - baselines
+        raw = rewards - baselines
+        return (spo_advantages(rewards, baselines) if self.normalize else raw.clone()), raw
 
     def observe(self, ids, rewards, D=None) -> Tensor:
         """Fold this step's rewards into the tracker with rho = clip(2^(-D / D_half)); returns rho per row.
 
         Call AFTER the policy update (the baseline of this step was read before it).
         """
-        rho = self.tracker.update(ids, rewards, D)
+        if self.rho_constant is not None and D is None:
+            rho = self.tracker.update(ids, rewards, rho=self.rho_constant)
+        else:
+            rho = self.tracker.update(ids, rewards, D)
         self._last |= {keys.RHO_MEAN: float(rho.mean()), keys.RHO_MIN: float(rho.min()),
                        keys.D_MEAN: float(D.mean()) if D is not None else 0.0,
                        keys.D_MAX: float(D.max()) if D is not None else 0.0}

@@ -159,7 +159,7 @@ class ValueTracker:
         self.beta = torch.where(seen, beta, self.beta)
         self._record_change(None)
 
-    def update(self, ids, rewards, d=None, *, kl=None) -> Tensor:
+    def update(self, ids, rewards, d=None, *, kl=None, rho=None) -> Tensor:
         """Fold one reward per element into its prompt's posterior; return the rho used.
 
         Args:
@@ -169,6 +169,8 @@ class ValueTracker:
             rewards: shape ``[B]``, each in [0, 1] (non-binary rewards use the same update).
             d: D(x) per element, shape ``[B]``; None means D = 0, i.e. rho = rho_max.
             kl: the old name of ``d``, kept for one release.
+            rho: a constant discount for every element instead of rho(D) (the constant-rho ablation; the
+                official recipe's ``rho.value``, 0.875 by default); not combined with ``d``.
 
         Returns:
             float64 tensor ``[B]``: the discount applied for each element.
@@ -182,7 +184,13 @@ class ValueTracker:
         if kl is not None and d is not None:
             raise TypeError("give d (or its old name kl), not both")
         kl = d if d is not None else kl
-        if kl is None:
+        if rho is not None:
+            if kl is not None:
+                raise TypeError("give a constant rho or D, not both")
+            if not 0.0 < float(rho) < 1.0:
+                raise ValueError(f"a constant rho must lie in (0, 1), got {rho}")
+            rho = torch.full_like(r, float(rho))
+        elif kl is None:
             rho = torch.full_like(r, self.rho_max)
         else:
             kl = torch.as_tensor(kl, dtype=torch.float64).reshape(-1)

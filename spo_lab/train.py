@@ -166,11 +166,15 @@ class Config:
     baseline: str = "tracker"
     """tracker | none (ablation: v = 0)"""
     rho_mode: str = "kl"
-    """kl (official |dlogp| estimator) | kl-clock (cheaper estimator) | constant (rho = rho_max)"""
+    """kl (official |dlogp| estimator) | kl-clock (cheaper estimator) | constant (rho = --rho-constant)"""
     rho_min: float = 0.875
     """lower discount clip (window 8)"""
     rho_max: float = 0.96
-    """upper discount clip (window 25); the constant rho of rho_mode=constant"""
+    """upper discount clip (window 25)"""
+    rho_constant: float = 0.875
+    """the discount of --rho-mode constant (the official ablation's rho.value: 0.875, the lower clip)"""
+    adv_norm: str = "batch"
+    """batch (official: advantages normalised over the whole batch) | none (ablation: A = r - v as it is)"""
     d_half: float = 0.06
     """divergence that halves the tracker's memory"""
     offline_init: bool = True
@@ -233,6 +237,9 @@ class Config:
         one_of("rho_mode", ("kl", "kl-clock", "constant"))
         one_of("sampling", ("prioritized", "uniform"))
         one_of("init_mode", ("jeffreys", "paper"))
+        one_of("adv_norm", ("batch", "none"))
+        if not (math.isfinite(self.rho_constant) and 0 < self.rho_constant < 1):
+            bad("rho_constant", "must be in (0, 1)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             bad("device", "must be auto, cpu, cuda or cuda:N")
         if self.offline_seed < -1:
@@ -614,7 +621,7 @@ def _claim_folder(cfg: Config, folder: RunFolder, problems) -> dict | None:
     settings = run_settings(cfg, problems)
     ck = folder.load_checkpoint() if cfg.resume else None
     if cfg.resume and (ck is not None or (folder.path / "config.json").exists()):
-        folder.check_resume(settings)  # a refused resume changes nothing
+        folder.check_resume(settings, defaults=dataclasses.asdict(Config()))  # a refused resume changes nothing
     if ck is None:  # a new run (or a resume of a run killed before its first checkpoint)
         folder.start_fresh(overwrite=cfg.overwrite or cfg.resume)
     return ck
@@ -647,7 +654,9 @@ def build_algorithm(cfg: Config, num_prompts: int, generator: torch.Generator) -
     if cfg.algo == "spo":
         return SPO(num_prompts, cfg.prompts_per_step, rho_min=cfg.rho_min, rho_max=cfg.rho_max, d_half=cfg.d_half,
                    baseline=cfg.baseline, prioritized=cfg.sampling == "prioritized", eps=cfg.priority_eps,
-                   gamma=cfg.priority_gamma, thompson=cfg.thompson, seed=cfg.seed + 1, generator=generator)
+                   gamma=cfg.priority_gamma, thompson=cfg.thompson, seed=cfg.seed + 1, generator=generator,
+                   rho_constant=cfg.rho_constant if cfg.rho_mode == "constant" else None,
+                   normalize=cfg.adv_norm == "batch")
     return GroupBaseline(cfg.algo, cfg.group, num_prompts, cfg.prompts_per_step, generator=generator)
 
 

@@ -157,3 +157,18 @@ def test_a_toy_job_end_to_end(toy, tmp_path):
     for name in s["figures"]:
         with Image.open(tmp_path / name) as im:
             assert im.info["dpi"][0] >= 110
+    # the same runs as the two arms of an ablation report: every arm against SPO and GRPO, cost both ways
+    a = rp.write_ablation_report(tmp_path, df, ex.ARM_LABELS)
+    assert a["time_to_accuracy"]["target_is"] == "grpo's final mean avg@k" and "spo" in a["vs_grpo"]
+    assert a["vs_spo"]["grpo"]["avg"]["n"] == 2 and a["figures"] == ["ablations.png"]
+    md = (tmp_path / "summary.md").read_text()
+    assert rp.ablation_markdown(a) in md and ex.ARM_LABELS["grpo"] in md and "baseline estimation" in md
+    # a later ablation job copies finished runs with the same settings instead of training them again
+    again = tmp_path / "again"
+    todo = ex.reuse_runs(ex.run_configs(["spo", "grpo"], 2, 2, again, model=str(toy / "model"),
+                                        data_dir=str(toy / "data"), responses_per_step=16, group_size=4, n0=2,
+                                        eval_every=1, eval_samples=2), tmp_path, again)
+    assert todo == [] and len(list(again.glob("runs/*/seed*/metrics.jsonl"))) == 4
+    longer = ex.run_configs(["spo"], 1, 3, again, model=str(toy / "model"), data_dir=str(toy / "data"),
+                            responses_per_step=16, group_size=4, n0=2, eval_every=1, eval_samples=2)
+    assert ex.reuse_runs(longer, tmp_path, again) == longer  # other settings (3 steps): trained, not copied
