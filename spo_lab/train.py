@@ -471,7 +471,8 @@ def _loop(run: Run, folder: RunFolder, on_step) -> Path:
         _emit(folder, log, row, on_step)
     for step in bar:
         m, batch = train_step(run, step)
-        run.world.check_same(lambda: state_checksum(run.algo.state_dict()), "the method's state (tracker, sampler)")
+        run.world.check_same(lambda: state_checksum([run.algo.state_dict(), run.gen.get_state()]),
+                             "the method's state (tracker, sampler, draws)")
         failpoint(f"step-rank{run.world.rank}")  # testing hook: a process that dies after a step
         m = {STEP: step + 1} | m
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
