@@ -86,15 +86,17 @@ TUNED_LR: dict[str, float] = {"spo": 1e-4, "grpo": 1e-4}
 """Each method's best lr in :data:`SWEEP` (``python -m spo_lab.experiment --sweep`` prints it); the
 ablations take their method's: ``spo-*`` SPO's, the group methods and REINFORCE GRPO's."""
 
-MAIN = dict(runs=("spo", "grpo"), seeds=3, steps=STEPS)
+MAIN = dict(runs=("spo", "spo-n0-0", "grpo"), seeds=3, steps=STEPS)
+"""The main job: SPO as the official recipe runs it, SPO without the offline pass (n0 = 0, the cheapest setting
+that kept SPO's gain in the ablation job), and GRPO."""
 QUICK = dict(runs=("spo", "grpo"), seeds=2, steps=30)
 ABLATIONS = dict(runs=("spo", "spo-n0-0", "spo-n0-1", "spo-n0-2", "spo-const-rho", "spo-uniform", "spo-no-norm",
                        "spo-paper-init", "grpo"), seeds=3, steps=STEPS)
 """The ablation job (``--ablations``): SPO as in the main job, one arm per component removed or changed, GRPO for
-reference; the main job's settings, seeds and held-out evaluation. ``spo`` (n0 = 8) and ``grpo`` are the main job's
-own runs, reused when ``results/tiny`` holds them with the same settings."""
+reference; the main job's settings, seeds and held-out evaluation. ``spo``, ``spo-n0-0`` and ``grpo`` are the main
+job's own runs, reused when ``results/tiny`` holds them with the same settings."""
 ARM_LABELS: dict[str, str] = {
-    "spo": "SPO (official: n0 = 8, KL-adaptive rho, prioritised, batch-normalised, Jeffreys init)",
+    "spo": "SPO, official (n0 = 8)",
     "spo-n0-0": "n0 = 0: no offline pass, Beta(0.5, 0.5)", "spo-n0-1": "n0 = 1", "spo-n0-2": "n0 = 2",
     "spo-const-rho": "constant rho = 0.875", "spo-uniform": "uniform sampling", "spo-no-norm": "no batch normalisation",
     "spo-paper-init": "paper init (N0 k / n0)", "grpo": "GRPO (G = 8)",

@@ -21,6 +21,10 @@ METHOD_COLORS: dict[str, str] = {
     "spo-const-rho": "#9467BD",  # purple
     "spo-kl-clock": "#17BECF",  # cyan
     "spo-no-baseline": "#BCBD22",  # olive
+    "spo-n0-1": "#66C2A5",  # light teal
+    "spo-n0-2": "#1B7837",  # dark green
+    "spo-no-norm": "#A6CEE3",  # no normalisation
+    "spo-paper-init": "#B2DF8A",  # pale green
     "grpo": "#D55E00",  # vermillion
     "dr_grpo": "#E69F00",  # orange
     "rloo": "#CC79A7",  # reddish purple
@@ -46,6 +50,7 @@ ALIASES: dict[str, str] = {
     "prioritized": "spo",
     "adaptive (logprob)": "spo",
     "uniform": "spo-uniform",
+    "spo-n0-0": "spo-no-init",  # the same run: no offline pass
     "constant rho": "spo-const-rho",
     "reward r": "spo-no-baseline",  # A = r: no baseline
     "GRPO (all samples)": "grpo",

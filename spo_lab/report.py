@@ -340,6 +340,8 @@ def write_ablation_report(root: Path, df: pd.DataFrame, labels: dict[str, str], 
 
     root = Path(root)
     summary = summarize_runs(df, baseline="grpo", target_run="grpo")
+    order = [r for r in labels if r in summary["runs"]] + [r for r in summary["runs"] if r not in labels]
+    summary["runs"] = {r: summary["runs"][r] for r in order}  # the arms in the order of ``labels``
     if "spo" in summary["runs"]:
         summary["vs_spo"] = summarize_runs(df, baseline="spo")["vs_spo"]
     summary["settings"] = _settings(root)
@@ -449,7 +451,8 @@ def write_sweep_report(root: Path, df: pd.DataFrame, order=("spo", "grpo")) -> d
 
 README_BLOCKS = {"tiny-results": ("results/tiny/summary.json", results_markdown),
                  "tiny-sweep": ("results/tiny-sweep/summary.json", sweep_markdown),
-                 "paper-vs-ours": ("results/tiny/summary.json", paper_markdown)}
+                 "paper-vs-ours": ("results/tiny/summary.json", paper_markdown),
+                 "tiny-ablations": ("results/tiny-ablations/summary.json", ablation_markdown)}
 """README blocks (between ``<!-- name:start -->`` and ``<!-- name:end -->``) and what writes them."""
 
 

@@ -99,11 +99,19 @@ def test_readme_blocks_are_rewritten_from_the_summaries(tmp_path, synthetic):
              "start_avg": 0.6, "methods": {"spo": {"lrs": {"0.0001": 0.62, "0.0002": 0.64}, "best_lr": 2e-4}}}
     (tmp_path / "results" / "tiny-sweep").mkdir(parents=True)
     (tmp_path / "results" / "tiny-sweep" / "summary.json").write_text(json.dumps(sweep))
+    abl = rp.summarize_runs(synthetic, baseline="grpo", target_run="grpo")
+    abl["vs_spo"] = rp.summarize_runs(synthetic, baseline="spo")["vs_spo"]
+    abl |= {"settings": {**s["settings"], "eval_split": "test"}, "labels": ex.ARM_LABELS, "paper_finding": "(paper)"}
+    for run in abl["runs"]:
+        abl["runs"][run]["lr"] = 1e-4
+    (tmp_path / "results" / "tiny-ablations").mkdir(parents=True)
+    (tmp_path / "results" / "tiny-ablations" / "summary.json").write_text(json.dumps(abl))
     readme = ("intro\n<!-- tiny-results:start -->\nold\n<!-- tiny-results:end -->\nmid\n<!-- tiny-sweep:start -->\n"
-              "<!-- tiny-sweep:end -->\n<!-- paper-vs-ours:start -->\n<!-- paper-vs-ours:end -->\n")
+              "<!-- tiny-sweep:end -->\n<!-- paper-vs-ours:start -->\n<!-- paper-vs-ours:end -->\n"
+              "<!-- tiny-ablations:start -->\n<!-- tiny-ablations:end -->\n")
     out = rp.readme_text(readme, tmp_path)
     assert out.startswith("intro\n<!-- tiny-results:start -->\n") and "old" not in out
-    assert rp.results_markdown(s) in out and rp.sweep_markdown(sweep) in out
+    assert rp.results_markdown(s) in out and rp.sweep_markdown(sweep) in out and rp.ablation_markdown(abl) in out
     assert "**0.640**" in out and rp.readme_text(out, tmp_path) == out  # idempotent
     paper = rp.paper_markdown(s)
     assert paper in out and "| advantage variance before normalisation / reward variance | SPO ~0.5 | SPO 0.50, GRPO 0.25 |" in paper

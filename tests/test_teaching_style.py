@@ -20,7 +20,7 @@ from spo_lab.teaching import notebook, style  # noqa: E402
 
 PACKAGE = Path(spo_lab.__file__).resolve().parent
 METHODS = ("spo", "grpo", "dr_grpo", "rloo", "reinforce", "spo-uniform", "spo-no-init", "spo-const-rho",
-           "spo-kl-clock", "spo-no-baseline", "initial", "paper")
+           "spo-kl-clock", "spo-no-baseline", "spo-n0-1", "spo-n0-2", "spo-no-norm", "spo-paper-init", "initial", "paper")
 
 
 def _distance(a, b):
@@ -29,6 +29,9 @@ def _distance(a, b):
 
 def test_one_distinct_colour_per_method():
     assert set(METHODS) == set(style.METHOD_COLORS)
+    from spo_lab import experiment
+
+    assert all(style.color(run) != style.color("spo") for run in experiment.RUNS if run != "spo"), "an arm looks like SPO"
     everything = {**style.METHOD_COLORS, **style.OTHER_COLORS}
     assert len(set(everything.values())) == len(everything)
     for (a, ca), (b, cb) in itertools.combinations(everything.items(), 2):
