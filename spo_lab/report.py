@@ -352,7 +352,7 @@ def write_ablation_report(root: Path, df: pd.DataFrame, labels: dict[str, str], 
         summary["runs"][run]["lr"] = json.loads(next((root / "runs" / run).glob("seed*/config.json")).read_text())["lr"]
     if wall_seconds is not None:
         summary["wall_minutes"] = wall_seconds / 60
-    summary["figures"] = [ablation_figure(root, summary)] if figures else []
+    summary["figures"] = [ablation_figure(root, summary), *main_job_figures(root, df, summary)] if figures else []
     (root / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     md = ["# spo_lab ablations: which part of SPO does the work, and at what cost", "",
           "Written by `python -m spo_lab.experiment --ablations` from `summary.json` in this folder.", ""]
@@ -373,19 +373,23 @@ def ablation_markdown(summary: dict) -> str:
         f"{st['eval_samples']} on the {st['eval_prompts']} {st['eval_split']} prompts. Differences are paired by seed; "
         "intervals are 95 % t-intervals over seeds. Cost counts SPO's offline pass (n0 samples of every training "
         f"prompt); the target is {tta['target_is']} ({tta['target_avg']:.3f}).", "",
-        "| arm | avg@8 end | gain over warm start | vs SPO | vs GRPO | responses incl. offline pass | "
-        "responses to target (incl. pass) | seeds reaching it |",
-        "|---|---|---|---|---|---|---|---|"]
+        "| arm | avg@8 end | gain over warm start | vs SPO | vs GRPO | greedy end | greedy vs SPO | "
+        "responses incl. offline pass | responses to target (incl. pass) | seeds reaching it |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for run, e in runs.items():
         t = tta[run]
         vs_spo = summary.get("vs_spo", {}).get(run, {}).get("avg")
         vs_grpo = summary.get("vs_grpo", {}).get(run, {}).get("avg")
+        g_spo = summary.get("vs_spo", {}).get(run, {}).get("greedy")
         to = ("-" if t["responses"] is None else f"{t['responses']:,.0f} ({t['responses_incl_init']:,.0f})")
         lines.append(f"| {summary['labels'].get(run, run)} | {_fmt_sd(e['final_avg'])} | "
                      f"{_fmt_ci(e['gain_avg'], sign=True)} | {'-' if vs_spo is None else _fmt_ci(vs_spo, sign=True)} | "
-                     f"{'-' if vs_grpo is None else _fmt_ci(vs_grpo, sign=True)} | "
+                     f"{'-' if vs_grpo is None else _fmt_ci(vs_grpo, sign=True)} | {_fmt_sd(e['final_greedy'])} | "
+                     f"{'-' if g_spo is None else _fmt_ci(g_spo, sign=True)} | "
                      f"{e['responses_incl_init']['mean']:,.0f} | {to} | {t['seeds_reached']}/{t['seeds']} |")
-    lines += ["", f"Beside ours, {summary['paper_finding']}."]
+    lines += ["", "Learning curves of every arm against training responses and against responses incl. the offline "
+                  "pass, avg@8 and greedy: the figures beside this summary.", "",
+              f"Beside ours, {summary['paper_finding']}."]
     return "\n".join(lines) + "\n"
 
 
