@@ -168,7 +168,8 @@ def test_a_toy_job_end_to_end(toy, tmp_path):
     # the same runs as the two arms of an ablation report: every arm against SPO and GRPO, cost both ways
     a = rp.write_ablation_report(tmp_path, df, ex.ARM_LABELS)
     assert a["time_to_accuracy"]["target_is"] == "grpo's final mean avg@k" and "spo" in a["vs_grpo"]
-    assert a["vs_spo"]["grpo"]["avg"]["n"] == 2 and a["figures"] == ["ablations.png"]
+    assert a["vs_spo"]["grpo"]["avg"]["n"] == 2 and a["figures"][0] == "ablations.png"
+    assert "accuracy_incl_offline_init.png" in a["figures"]  # every arm against responses incl. the offline pass
     md = (tmp_path / "summary.md").read_text()
     assert rp.ablation_markdown(a) in md and ex.ARM_LABELS["grpo"] in md and "baseline estimation" in md
     # a later ablation job copies finished runs with the same settings instead of training them again
