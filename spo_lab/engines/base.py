@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Rollouts", "RolloutEngine", "build_rollouts", "seeded", "encode_prompts", "Turn", "cut_turn", "STOP_REASONS"]
+__all__ = ["Rollouts", "RolloutEngine", "build_rollouts", "seeded", "encode_prompts", "Turn", "cut_turn", "turn_budgets", "STOP_REASONS"]
 
 
 @dataclass(kw_only=True)
@@ -185,6 +185,20 @@ class Turn:
 
 def _decode(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def turn_budgets(prefixes, max_new_tokens, *, temperature: float, greedy: bool):
+    """The checks every engine's ``continue_tokens`` makes, and ``(budgets, turns, rows)``: each prefix's token
+    budget, an empty ``"length"`` turn per prefix to fill, and the rows with a budget left to generate."""
+    R = len(prefixes)
+    budgets = [int(max_new_tokens)] * R if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]
+    if len(budgets) != R:
+        raise ValueError(f"{len(budgets)} budgets for {R} prefixes")
+    if not greedy and temperature <= 0:
+        raise ValueError("temperature must be > 0 when sampling (use greedy=True for argmax)")
+    if any(len(p) == 0 for p in prefixes):
+        raise ValueError("every prefix needs at least one token")
+    return budgets, [Turn([], [], "length") for _ in range(R)], [r for r in range(R) if budgets[r] > 0]
 
 
 def cut_turn(tokenizer, token_ids: list[int], stop: str | None, *, budget: int) -> tuple[int, str]:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from .base import Rollouts, Turn, build_rollouts, cut_turn, encode_prompts
+from .base import Rollouts, Turn, build_rollouts, cut_turn, encode_prompts, turn_budgets
 
 __all__ = ["HFEngine"]
 
@@ -94,16 +94,7 @@ class HFEngine:
         row exactly.
         """
 
-        R = len(prefixes)
-        budgets = [int(max_new_tokens)] * R if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]
-        if len(budgets) != R:
-            raise ValueError(f"{len(budgets)} budgets for {R} prefixes")
-        if not greedy and temperature <= 0:
-            raise ValueError("temperature must be > 0 when sampling (use greedy=True for argmax)")
-        if any(len(p) == 0 for p in prefixes):
-            raise ValueError("every prefix needs at least one token")
-        turns: list = [Turn([], [], "length") for _ in range(R)]
-        rows = [r for r in range(R) if budgets[r] > 0]
+        budgets, turns, rows = turn_budgets(prefixes, max_new_tokens, temperature=temperature, greedy=greedy)
         if not rows:
             return turns
         tok = self.tokenizer

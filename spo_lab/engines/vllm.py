@@ -71,7 +71,7 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides vl
     ) from e
 
 from ..models import is_lora, load_tokenizer, resolve_device, resolve_dtype
-from .base import Rollouts, Turn, build_rollouts, cut_turn, encode_prompts
+from .base import Rollouts, Turn, build_rollouts, cut_turn, encode_prompts, turn_budgets
 
 __all__ = ["VLLMEngine"]
 
@@ -229,12 +229,7 @@ class VLLMEngine:
         ids, mask = self.encode_prompts(prompts)
         ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
         R = ids.shape[0]
-        truncating = not greedy and (top_k > 0 or top_p < 1.0)
-        if truncating and not self._warned_truncated:
-            warnings.warn("VLLMEngine with top_k/top_p: the returned log-probs are those of the truncated, "
-                          "renormalised distribution (vLLM processed_logprobs), not the untruncated one; do not "
-                          "train on these rollouts", stacklevel=2)
-            self._warned_truncated = True
+        self._warn_if_truncating(greedy, top_k, top_p)
 
         # one seed draw per call from torch's global generator (see the module docstring), then one seed per row
         draw = int(torch.randint(0, 2**62, (1,)).item())
@@ -280,25 +275,11 @@ class VLLMEngine:
         top_k / top_p when those are on, with the same one-time warning).
         """
 
-        R = len(prefixes)
-        budgets = [int(max_new_tokens)] * R if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]
-        if len(budgets) != R:
-            raise ValueError(f"{len(budgets)} budgets for {R} prefixes")
-        if not greedy and temperature <= 0:
-            raise ValueError("temperature must be > 0 when sampling (use greedy=True for argmax)")
-        if any(len(p) == 0 for p in prefixes):
-            raise ValueError("every prefix needs at least one token")
-        turns: list = [Turn([], [], "length") for _ in range(R)]
-        rows = [r for r in range(R) if budgets[r] > 0]
+        budgets, turns, rows = turn_budgets(prefixes, max_new_tokens, temperature=temperature, greedy=greedy)
         if not rows:
             return turns
         tok = self.tokenizer
-        truncating = not greedy and (top_k > 0 or top_p < 1.0)
-        if truncating and not self._warned_truncated:
-            warnings.warn("VLLMEngine with top_k/top_p: the returned log-probs are those of the truncated, "
-                          "renormalised distribution (vLLM processed_logprobs), not the untruncated one; do not "
-                          "train on these rollouts", stacklevel=2)
-            self._warned_truncated = True
+        self._warn_if_truncating(greedy, top_k, top_p)
 
         draw = int(torch.randint(0, 2**62, (1,)).item())
         common = dict(logprobs=0, skip_special_tokens=True, stop_token_ids=[tok.eos_token_id])
@@ -323,6 +304,14 @@ class VLLMEngine:
             k, reason = cut_turn(tok, t_ids, stop, budget=budgets[r])
             turns[r] = Turn(t_ids[:k], lps[:k], reason)
         return turns
+
+    def _warn_if_truncating(self, greedy: bool, top_k: int, top_p: float) -> None:
+        """Once per engine: with top-k / top-p the log-probs are the truncated distribution's (see generate)."""
+        if not greedy and (top_k > 0 or top_p < 1.0) and not self._warned_truncated:
+            warnings.warn("VLLMEngine with top_k/top_p: the returned log-probs are those of the truncated, "
+                          "renormalised distribution (vLLM processed_logprobs), not the untruncated one; do not "
+                          "train on these rollouts", stacklevel=3)
+            self._warned_truncated = True
 
     # ------------------------------------------------------------------------------------------ weight sync
     def sync_weights(self, model) -> None:

@@ -303,9 +303,7 @@ try:
         code = f.read()
     if c["mount"]:
         MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
-        for blocked, keep in c["punch"]:
-            fds = [(p, os.open(p, os.O_PATH)) for p in keep]
-            mount("tmpfs", blocked, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
+        def bind_back(fds, extra=0):  # paths opened before a tmpfs covered them, bound back at the same place
             for p, pfd in fds:
                 os.makedirs(os.path.dirname(p), 0o755, exist_ok=True)
                 src = "/proc/self/fd/%d" % pfd
@@ -314,7 +312,13 @@ try:
                 else:
                     open(p, "w").close()
                 mount(src, p, None, MS_BIND | MS_REC)
+                if extra:
+                    mount(None, p, None, MS_BIND | MS_REMOUNT | extra)
                 os.close(pfd)
+        for blocked, keep in c["punch"]:
+            fds = [(p, os.open(p, os.O_PATH)) for p in keep]
+            mount("tmpfs", blocked, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
+            bind_back(fds)
         class Attr(ctypes.Structure):
             _fields_ = [(n, ctypes.c_uint64) for n in ("set", "clr", "prop", "userns")]
         attr = Attr(0x1 | 0x2, 0, 0, 0)  # MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID
@@ -344,16 +348,7 @@ try:
               "size=%dk,nr_inodes=%d,mode=0700,uid=%d,gid=%d" % (c["disk_kb"], c["inodes"], u, g))
         if os.path.isdir("/dev/shm"):
             mount("/tmp", "/dev/shm", None, MS_BIND)
-        for p, pfd in tmp_fds:
-            os.makedirs(os.path.dirname(p), 0o755, exist_ok=True)
-            src = "/proc/self/fd/%d" % pfd
-            if os.path.isdir(src):
-                os.mkdir(p, 0o755)
-            else:
-                open(p, "w").close()
-            mount(src, p, None, MS_BIND | MS_REC)
-            mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
-            os.close(pfd)
+        bind_back(tmp_fds, MS_RDONLY | MS_NOSUID)  # after the read-only remount of /: make these read-only too
         work = "/tmp"
         with open(os.path.join(work, c["code_name"]), "wb") as f:
             f.write(code)
