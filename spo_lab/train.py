@@ -300,10 +300,7 @@ class Config:
     @property
     def ppo(self) -> PPOSettings:
         """The settings of the policy update (:func:`spo_lab.ppo.ppo_update`)."""
-        return PPOSettings(mini_batches=self.mini_batches, micro_batch_rows=self.micro_batch_rows,
-                           clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip,
-                           loss_agg=self.loss_agg, kl_coef=self.kl_coef, max_grad_norm=self.max_grad_norm,
-                           temperature=self.temperature)
+        return PPOSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PPOSettings)})
 
 
 # ====================================================================== what a step logs (names: spo_lab.keys)

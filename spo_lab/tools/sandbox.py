@@ -636,6 +636,20 @@ def _protections(plan: _Plan, facts: dict, flags: dict, reasons: dict[str, str],
     plan.reasons = {k: v for k, v in reasons.items() if not p.get(k, False)}
 
 
+def _read_ready(sel, timeout: float, streams: dict | None = None) -> None:
+    """Read what the pipes registered in ``sel`` hold within ``timeout``; feed it to ``streams[fd]`` (or drop it).
+    A pipe at its end is unregistered."""
+    for key, _ in sel.select(timeout):
+        try:
+            data = os.read(key.fd, 65536)
+        except BlockingIOError:
+            continue
+        if not data:
+            sel.unregister(key.fd)
+        elif streams is not None:
+            streams[key.fd].feed(data)
+
+
 def _user_process_count(uid: int) -> int:
     n = 0
     for d in os.listdir("/proc"):
@@ -867,15 +881,7 @@ class PythonSandbox:
                     exited_at = now
                 if exited_at is not None and now - exited_at > 0.2:
                     break  # the code is gone but something it left behind holds the pipes
-                for key, _ in sel.select(min(deadline - now, 0.05 if exited_at else 0.5)):
-                    try:
-                        data = os.read(key.fd, 65536)
-                    except BlockingIOError:
-                        continue
-                    if not data:
-                        sel.unregister(key.fd)
-                        continue
-                    streams[key.fd].feed(data)
+                _read_ready(sel, min(deadline - now, 0.05 if exited_at else 0.5), streams)
                 if out.total + err.total > self.flood_bytes:
                     flooded = True
                     break
@@ -883,13 +889,7 @@ class PythonSandbox:
                 self._kill(proc)
                 drain_until = time.monotonic() + 0.5
                 while sel.get_map() and time.monotonic() < drain_until:
-                    for key, _ in sel.select(0.05):
-                        try:
-                            data = os.read(key.fd, 65536)
-                        except BlockingIOError:
-                            continue
-                        if not data:
-                            sel.unregister(key.fd)
+                    _read_ready(sel, 0.05)  # drained and dropped: the output is already cut
             else:
                 # the process group and, without a PID namespace, the uid's processes go with the code
                 if not self._plan.pid_ns:
