@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .advantages import grpo_advantages, rloo_advantages
-from .sampler import sample_without_replacement
+from .sampler import excluded_pool, uniform_draw
 
 __all__ = ["Algorithm", "GroupBaseline", "GROUP_METHODS"]
 
@@ -46,8 +46,8 @@ class Algorithm(Protocol):
     group: int
     """responses per drawn prompt (G; 1 for SPO)"""
 
-    def draw(self) -> Tensor:
-        """``[B]`` distinct prompt ids for this step."""
+    def draw(self, n: int | None = None, exclude=None) -> Tensor:
+        """``[n]`` (default ``[B]``) distinct prompt ids, none of them in ``exclude`` (ids in flight)."""
 
     def baselines(self, row_ids: Tensor) -> Tensor:
         """``[R]`` float64 baseline of each row, read before the step's rewards."""
@@ -100,8 +100,9 @@ class GroupBaseline:
         self.method, self.group, self.num_prompts, self.batch_size = method, group, num_prompts, batch_size
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
-    def draw(self) -> Tensor:
-        return sample_without_replacement(torch.ones(self.num_prompts), self.batch_size, self.generator)
+    def draw(self, n: int | None = None, exclude=None) -> Tensor:
+        return uniform_draw(self.num_prompts, self.batch_size if n is None else n, self.generator,
+                            excluded_pool(self.num_prompts, exclude))
 
     def baselines(self, row_ids: Tensor) -> Tensor:
         """Zeros: a group method has no baseline before the rewards; it comes from them in :meth:`advantages`."""

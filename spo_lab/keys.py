@@ -51,6 +51,16 @@ SAMPLED_ACC = "eval/sampled_acc"
 GREEDY_ACC = "eval/greedy_acc"
 """greedy accuracy on the held-out prompts; both also per metadata group: ``eval/greedy_acc/level=3``"""
 
+# ---------------------------------------------------------------------- asynchronous collection (--collector async)
+ASYNC_STALENESS_MEAN, ASYNC_STALENESS_MAX = "async/staleness_mean", "async/staleness_max"
+"""how many policy versions the batch's rows are behind the trainer (0 = sampled by the current weights)"""
+ASYNC_IN_FLIGHT = "async/in_flight"
+"""trajectories still running when the batch was handed over"""
+ASYNC_FINISHED_WAITING = "async/finished_waiting"
+"""units finished but left for a later batch when the batch was handed over"""
+ASYNC_WAIT_DUE = "async/wait_s"
+"""seconds the trainer waited for the batch"""
+
 # ---------------------------------------------------------------------- time
 PHASES = ("sample", "generate", "reward", "update", "tracker", "sync")
 """The timed phases of a training step, in order; each is logged as ``time/<phase>`` (seconds)."""

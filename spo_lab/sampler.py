@@ -26,7 +26,8 @@ from torch.utils.data import Sampler
 
 from .tracker import ValueTracker
 
-__all__ = ["priority_weights", "PrioritizedSampler", "sample_without_replacement", "SumTree"]
+__all__ = ["priority_weights", "PrioritizedSampler", "sample_without_replacement", "SumTree", "excluded_pool",
+           "uniform_draw"]
 
 
 def priority_weights(values, *, eps: float = 0.05, n_eff=None, gamma: float = 0.0) -> Tensor:
@@ -72,6 +73,24 @@ def sample_without_replacement(weights: Tensor, k: int, generator=None) -> Tenso
     u = torch.rand(w.numel(), generator=generator, dtype=torch.float64)
     keys = torch.log(u) / w.to(torch.float64)
     return torch.topk(keys, k, sorted=True).indices
+
+def excluded_pool(num_prompts: int, exclude=None) -> Tensor | None:
+    """The ids ``0 .. num_prompts-1`` not in ``exclude`` (ascending), or None when nothing is excluded."""
+    if exclude is None or len(exclude) == 0:
+        return None
+    keep = torch.ones(num_prompts, dtype=torch.bool)
+    keep[torch.as_tensor(list(exclude) if not isinstance(exclude, Tensor) else exclude, dtype=torch.long)] = False
+    return keep.nonzero().squeeze(1)
+
+
+def uniform_draw(num_prompts: int, k: int, generator, pool: Tensor | None = None) -> Tensor:
+    """``k`` distinct ids drawn uniformly from all prompts, or from the candidate ids ``pool``."""
+    if pool is None:
+        return sample_without_replacement(torch.ones(num_prompts), k, generator)
+    if k > pool.numel():
+        raise ValueError(f"cannot draw {k} distinct ids from a pool of {pool.numel()}")
+    return pool[sample_without_replacement(torch.ones(pool.numel()), k, generator)]
+
 
 class SumTree:
     """Binary tree of partial sums over non-negative weights: O(log P) updates and draws, vectorised.
@@ -207,23 +226,24 @@ class PrioritizedSampler(Sampler[list]):
         n = self.tracker.n_eff(ids) if self.gamma != 0.0 else None
         return priority_weights(v, eps=self.eps, n_eff=n, gamma=self.gamma)
 
-    def sample(self, pool=None) -> Tensor:
-        """Draw ``batch_size`` distinct ids, from all prompts or from the candidate ids ``pool``.
+    def sample(self, pool=None, k: int | None = None) -> Tensor:
+        """Draw ``k`` (default ``batch_size``) distinct ids, from all prompts or from the candidate ids ``pool``.
 
         Without a pool and without Thompson draws, the weights of all prompts live in a
         :class:`SumTree` refreshed only for the prompts the tracker changed since the last draw, so a
         draw costs O(batch_size log P) rather than a pass over all P prompts.
         """
+        k = self.batch_size if k is None else int(k)
         if pool is None:
             if self.thompson:  # fresh Beta draws for every prompt: inherently a full pass
-                return sample_without_replacement(self.weights(), self.batch_size, self.generator)
-            return self._synced_tree().draw_distinct(self.batch_size, self.generator)
+                return sample_without_replacement(self.weights(), k, self.generator)
+            return self._synced_tree().draw_distinct(k, self.generator)
         pool = self.tracker.check_ids(pool)
         if torch.unique(pool).numel() != pool.numel():
             raise ValueError("pool must not contain duplicate ids")
-        if self.batch_size > pool.numel():
-            raise ValueError(f"cannot draw {self.batch_size} distinct ids from a pool of {pool.numel()}")
-        pick = sample_without_replacement(self.weights(pool), self.batch_size, self.generator)
+        if k > pool.numel():
+            raise ValueError(f"cannot draw {k} distinct ids from a pool of {pool.numel()}")
+        pick = sample_without_replacement(self.weights(pool), k, self.generator)
         return pool[pick]
 
     def __iter__(self) -> Iterator[list]:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from . import keys
 from .advantages import spo_advantages
-from .sampler import PrioritizedSampler, sample_without_replacement
+from .sampler import PrioritizedSampler, excluded_pool, uniform_draw
 from .tracker import ValueTracker
 
 __all__ = ["SPO"]
@@ -79,14 +79,16 @@ class SPO:
         """Offline initialisation from k successes in n trials per prompt (Sec. 3.3; see the tracker)."""
         self.tracker.init_from_counts(successes, trials, mode=mode)
 
-    def draw(self) -> Tensor:
-        """``[B]`` distinct prompt ids: prioritised (weights sqrt(v (1 - v)) + eps), or uniform."""
+    def draw(self, n: int | None = None, exclude=None) -> Tensor:
+        """``[n]`` (default ``[B]``) distinct prompt ids: prioritised (weights sqrt(v (1 - v)) + eps), or
+        uniform; never one of the ids ``exclude`` (prompts still in flight, for asynchronous collection)."""
+        pool = excluded_pool(self.num_prompts, exclude)
         if self.sampler is not None:
-            return self.sampler.sample()
+            return self.sampler.sample(pool, n)
         if self.generator is None:
             raise RuntimeError("this SPO state was built with prioritized=False and no generator: draw prompts "
                                "uniformly yourself, or pass generator=")
-        return sample_without_replacement(torch.ones(self.num_prompts), self.batch_size, self.generator)
+        return uniform_draw(self.num_prompts, self.batch_size if n is None else n, self.generator, pool)
 
     def values(self, ids=None) -> Tensor:
         """The tracker's current value estimates v(x) (float64)."""

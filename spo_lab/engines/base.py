@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Rollouts", "RolloutEngine", "build_rollouts", "seeded", "encode_prompts", "Turn", "cut_turn", "turn_budgets", "STOP_REASONS"]
+__all__ = ["Rollouts", "RolloutEngine", "build_rollouts", "concat_rollouts", "seeded", "encode_prompts", "Turn", "cut_turn", "turn_budgets", "STOP_REASONS"]
 
 
 @dataclass(kw_only=True)
@@ -116,6 +116,32 @@ class Rollouts:
     def _map(self, fn, texts: list[str]) -> "Rollouts":
         kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return Rollouts(**{k: (v if k == "texts" else fn(v)) for k, v in kw.items()} | {"texts": texts})
+
+
+def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
+    """The rows of ``parts`` in order, as one :class:`Rollouts`: prompts left-padded and responses
+    right-padded with ``pad_id`` to the widest part (mask 0, log-prob 0 there). Parts of one width are
+    joined as they are, so the rows of one batched call come back bit for bit."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    P = max(p.prompt_ids.shape[1] for p in parts)
+    T = max(p.response_ids.shape[1] for p in parts)
+
+    def left(t: Tensor, fill) -> Tensor:
+        return torch.nn.functional.pad(t, (P - t.shape[1], 0), value=fill)
+
+    def right(t: Tensor, fill) -> Tensor:
+        return torch.nn.functional.pad(t, (0, T - t.shape[1]), value=fill)
+
+    cat = lambda f, pad, fill: torch.cat([pad(getattr(p, f), fill) for p in parts])  # noqa: E731
+    return Rollouts(
+        prompt_ids=cat("prompt_ids", left, pad_id), prompt_mask=cat("prompt_mask", left, 0),
+        response_ids=cat("response_ids", right, pad_id), response_mask=cat("response_mask", right, 0),
+        loss_mask=cat("loss_mask", right, 0), logprobs=cat("logprobs", right, 0.0),
+        texts=[t for p in parts for t in p.texts], truncated=torch.cat([p.truncated for p in parts]),
+        prompt_index=torch.cat([p.prompt_index for p in parts]),
+        policy_version=torch.cat([p.policy_version for p in parts]),
+    )
 
 
 def build_rollouts(tokenizer, *, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,

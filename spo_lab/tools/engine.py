@@ -63,7 +63,7 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -73,6 +73,8 @@ from .sandbox import SANDBOX_ERROR_MESSAGE
 
 __all__ = [
     "ToolEngine",
+    "Trajectory",
+    "trajectory_stats",
     "Turn",
     "cut_turn",
     "extract_code",
@@ -138,6 +140,51 @@ def _call(sandbox, code: str) -> _ToolCall:
         return _ToolCall(output, failed, seconds)
     except Exception:  # the tool layer itself failed: a fixed message for the policy, never an exception
         return _ToolCall(SANDBOX_ERROR_MESSAGE, True, time.monotonic() - t0)
+
+
+@dataclass(eq=False)
+class Trajectory:
+    """One response under construction: the prompt's tokens, the response's tokens so far (the policy's
+    turns and the tool's outputs), their log-probs, which of them the policy sampled, and its tool counts."""
+
+    prompt: list[int]
+    budget: int  # tokens the whole response may hold
+    resp: list[int] = field(default_factory=list)
+    logp: list[float] = field(default_factory=list)
+    policy: list[int] = field(default_factory=list)  # 1 where the policy sampled the token, 0 for tool output
+    turns: int = 0
+    calls: int = 0
+    errors: int = 0
+    tool_tokens: int = 0
+    seconds: float = 0.0  # sandbox wall time
+    dropped: bool = False  # ended by a tool output that would reach the budget
+    max_turns: bool = False  # ended by the turn limit
+    done: bool = False
+
+    @property
+    def prefix(self) -> list[int]:
+        return self.prompt + self.resp
+
+    @property
+    def room(self) -> int:
+        return self.budget - len(self.resp)
+
+
+def trajectory_stats(trajs: list[Trajectory]) -> dict[str, Tensor]:
+    """Per-row tool statistics of ``trajs`` (what :attr:`ToolEngine.last_stats` holds)."""
+    stats = {k: torch.tensor([getattr(t, k) for t in trajs], dtype=torch.long)
+             for k in ("turns", "calls", "errors", "tool_tokens")}
+    stats |= {k: torch.tensor([getattr(t, k) for t in trajs], dtype=torch.bool) for k in ("dropped", "max_turns")}
+    stats["seconds"] = torch.tensor([t.seconds for t in trajs], dtype=torch.float64)
+    return stats
+
+
+def check_sampling(temperature: float, greedy: bool, max_new_tokens: int) -> None:
+    """The argument checks of every ``generate``."""
+    if not greedy and temperature <= 0:
+        raise ValueError("temperature must be > 0 when sampling (use greedy=True for argmax)")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
 
 # ====================================================================== the engine
@@ -220,99 +267,107 @@ class ToolEngine:
         greedy: bool = False, top_k: int = 0, top_p: float = 1.0,
     ) -> Rollouts:
         """n responses per prompt (rows i*n .. i*n+n-1 answer prompt i), each up to ``max_new_tokens``
-        tokens in all (turns and tool outputs together); see the module docstring and :class:`Rollouts`."""
+        tokens in all (turns and tool outputs together); see the module docstring and :class:`Rollouts`.
+
+        All rows advance in lockstep: one batched turn for every row still running, then that turn's
+        tool calls together. (:class:`spo_lab.collector.AsyncCollector` drives the same
+        :class:`Trajectory` steps without the lockstep.)"""
         if n < 1 or not prompts:
             raise ValueError("need at least one prompt and n >= 1")
-        if not greedy and temperature <= 0:
-            raise ValueError("temperature must be > 0 when sampling (use greedy=True for argmax)")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        tok = self.tokenizer
-        budget = int(max_new_tokens)
-        p_ids, p_mask = encode_prompts(tok, prompts)
+        check_sampling(temperature, greedy, max_new_tokens)
+        p_ids, p_mask = encode_prompts(self.tokenizer, prompts)
         p_ids, p_mask = p_ids.repeat_interleave(n, dim=0), p_mask.repeat_interleave(n, dim=0)
-        R = p_ids.shape[0]
-        prefix = [row[m.bool()].tolist() for row, m in zip(p_ids, p_mask)]
-        resp: list[list[int]] = [[] for _ in range(R)]
-        logp: list[list[float]] = [[] for _ in range(R)]
-        policy: list[list[int]] = [[] for _ in range(R)]  # 1 where the policy sampled the token
-        stats = {k: [0] * R for k in ("turns", "calls", "errors", "tool_tokens", "dropped", "max_turns")}
-        seconds = [0.0] * R
-        sampling = dict(temperature=temperature, greedy=greedy, top_k=top_k, top_p=top_p, stop=CODE_CLOSE)
-
-        active = list(range(R))
+        trajs = [self.start(row[m.bool()].tolist(), max_new_tokens) for row, m in zip(p_ids, p_mask)]
+        sampling = dict(temperature=temperature, greedy=greedy, top_k=top_k, top_p=top_p)
+        active = trajs
         while active:
-            turns = self.engine.continue_tokens([prefix[r] + resp[r] for r in active],
-                                                max_new_tokens=[budget - len(resp[r]) for r in active],
-                                                **sampling)
-            if len(turns) != len(active):
-                raise RuntimeError(f"continue_tokens returned {len(turns)} turns for {len(active)} prefixes")
-            calls: list[tuple[int, str]] = []
-            for r, t in zip(active, turns):
-                room = budget - len(resp[r])
-                ids, lps = list(t.token_ids)[:room], [float(x) for x in t.logprobs][:room]
-                resp[r] += ids
-                logp[r] += lps
-                policy[r] += [1] * len(ids)
-                stats["turns"][r] += 1
-                if t.stop_reason != "stop" or len(resp[r]) >= budget:
-                    continue  # <eos>, or the budget is spent
-                if stats["turns"][r] >= self.max_turns:
-                    stats["max_turns"][r] = 1
-                    continue
-                code = extract_code(_decode(tok, ids))
-                if code is not None:
-                    calls.append((r, code))
-            if not calls:
+            codes = [(t, c) for t, c in zip(active, self.next_turns(active, **sampling)) if c is not None]
+            if not codes:
                 break
-            results = self._run_tools([c for _, c in calls])
-            active = []
-            for (r, _), res in zip(calls, results):
-                stats["calls"][r] += 1
-                stats["errors"][r] += int(res.error)
-                seconds[r] += res.seconds
-                out = tok.encode(format_tool_output(res.text, self.max_tool_chars), add_special_tokens=False,
-                                 split_special_tokens=True)
-                if len(resp[r]) + len(out) >= budget:  # the recipe: an output that reaches the budget is dropped
-                    stats["dropped"][r] = 1
-                    continue
-                resp[r] += out
-                logp[r] += [0.0] * len(out)
-                policy[r] += [0] * len(out)
-                stats["tool_tokens"][r] += len(out)
-                active.append(r)
+            results = self._run_tools([c for _, c in codes])
+            active = [t for (t, _), res in zip(codes, results) if self.take_tool_result(t, res)]
+        self.last_stats = trajectory_stats(trajs)
+        return self.rollouts(trajs, p_ids, p_mask, n)
 
-        self.last_stats = {k: torch.tensor(v, dtype=torch.bool if k in ("dropped", "max_turns") else torch.long)
-                           for k, v in stats.items()}
-        self.last_stats["seconds"] = torch.tensor(seconds, dtype=torch.float64)
-        return self._rollouts(p_ids, p_mask, resp, logp, policy, n)
+    # ------------------------------------------------------------------ one trajectory's steps
+    def start(self, prompt_ids: list[int], max_new_tokens: int) -> "Trajectory":
+        """A new trajectory for the prompt tokens ``prompt_ids`` (no padding), ``max_new_tokens`` in all."""
+        return Trajectory(list(prompt_ids), int(max_new_tokens))
+
+    def next_turns(self, trajs: list["Trajectory"], **sampling) -> list[str | None]:
+        """One batched turn for each of ``trajs`` (none finished); returns per trajectory the code its
+        turn asks to run, or None when the trajectory has finished (see :meth:`take_turn`)."""
+        turns = self.engine.continue_tokens([t.prefix for t in trajs], max_new_tokens=[t.room for t in trajs],
+                                            stop=CODE_CLOSE, **sampling)
+        if len(turns) != len(trajs):
+            raise RuntimeError(f"continue_tokens returned {len(turns)} turns for {len(trajs)} prefixes")
+        return [self.take_turn(t, turn) for t, turn in zip(trajs, turns)]
+
+    def take_turn(self, traj: "Trajectory", turn: Turn) -> str | None:
+        """Append a sampled turn; return the code to run, or None (and mark ``traj.done``) when the
+        trajectory ends: <eos>, the budget spent, the turn limit, or a ``</code>`` with no ``<code>``."""
+        ids, lps = list(turn.token_ids)[: traj.room], [float(x) for x in turn.logprobs][: traj.room]
+        traj.resp += ids
+        traj.logp += lps
+        traj.policy += [1] * len(ids)
+        traj.turns += 1
+        code = None
+        if turn.stop_reason == "stop" and traj.room > 0:
+            if traj.turns >= self.max_turns:
+                traj.max_turns = True
+            else:
+                code = extract_code(_decode(self.tokenizer, ids))
+        traj.done = code is None
+        return code
+
+    def run_tool(self, code: str) -> "_ToolCall":
+        """Run one tool call in the sandbox (in a sandbox process; never raises)."""
+        return _call(self.sandbox, code)
+
+    def take_tool_result(self, traj: "Trajectory", res: "_ToolCall") -> bool:
+        """Append a tool call's output as interpreter tokens (``loss_mask`` 0); False (and ``traj.done``)
+        when the output would reach the budget and is dropped, as in the recipe."""
+        traj.calls += 1
+        traj.errors += int(res.error)
+        traj.seconds += res.seconds
+        out = self.tokenizer.encode(format_tool_output(res.text, self.max_tool_chars), add_special_tokens=False,
+                                    split_special_tokens=True)
+        if len(traj.resp) + len(out) >= traj.budget:
+            traj.dropped = traj.done = True
+            return False
+        traj.resp += out
+        traj.logp += [0.0] * len(out)
+        traj.policy += [0] * len(out)
+        traj.tool_tokens += len(out)
+        return True
 
     def _run_tools(self, codes: list[str]) -> list[_ToolCall]:
         workers = min(self.tool_workers, len(codes))
         if workers <= 1:
-            return [_call(self.sandbox, c) for c in codes]
+            return [self.run_tool(c) for c in codes]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spo-tool") as pool:
-            return list(pool.map(lambda c: _call(self.sandbox, c), codes))
+            return list(pool.map(self.run_tool, codes))
 
-    def _rollouts(self, p_ids: Tensor, p_mask: Tensor, resp, logp, policy, n: int) -> Rollouts:
+    def rollouts(self, trajs: list["Trajectory"], p_ids: Tensor, p_mask: Tensor, n: int = 1) -> Rollouts:
+        """:class:`Rollouts` of finished trajectories; ``p_ids`` / ``p_mask`` ``[R, P]`` their left-padded prompts."""
         tok = self.tokenizer
-        R = len(resp)
-        T = max(1, max(len(x) for x in resp))
+        R = len(trajs)
+        T = max(1, max(len(t.resp) for t in trajs))
         ids = torch.full((R, T), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros((R, T), dtype=torch.long)
         loss_mask = torch.zeros((R, T), dtype=torch.long)
         lp = torch.zeros((R, T), dtype=torch.float32)
-        for r in range(R):
-            k = len(resp[r])
+        for r, t in enumerate(trajs):
+            k = len(t.resp)
             if k:
-                ids[r, :k] = torch.tensor(resp[r], dtype=torch.long)
+                ids[r, :k] = torch.tensor(t.resp, dtype=torch.long)
                 mask[r, :k] = 1
-                loss_mask[r, :k] = torch.tensor(policy[r], dtype=torch.long)
-                lp[r, :k] = torch.tensor(logp[r], dtype=torch.float32)
+                loss_mask[r, :k] = torch.tensor(t.policy, dtype=torch.long)
+                lp[r, :k] = torch.tensor(t.logp, dtype=torch.float32)
         if not bool(torch.isfinite(lp).all()):
             raise ValueError("the engine returned a non-finite log-prob for a sampled token")
-        ended_eos = torch.tensor([bool(x) and x[-1] == tok.eos_token_id and policy[r][-1] == 1
-                                  for r, x in enumerate(resp)])
+        ended_eos = torch.tensor([bool(t.resp) and t.resp[-1] == tok.eos_token_id and t.policy[-1] == 1
+                                  for t in trajs])
         return Rollouts(
             prompt_ids=p_ids, prompt_mask=p_mask, response_ids=ids, response_mask=mask, loss_mask=loss_mask,
             logprobs=lp, texts=tok.batch_decode(ids, skip_special_tokens=True), truncated=~ended_eos,
