@@ -127,7 +127,11 @@ def test_plot_metric_on_an_existing_axes(metrics):
 
 def test_phase_times_stack_every_phase(metrics):
     ax = _check_figure(runs.plot_phase_times(metrics))
-    assert {"sample", "generate", "reward", "update", "tracker", "eval"} <= set(_legend_labels(ax))
+    shown = {label.split(":")[0] for label in _legend_labels(ax)}
+    assert {"sample", "generate", "reward", "update", "tracker", "eval"} <= shown
+    # a phase too thin to see as a band states its milliseconds in the legend
+    thin = [label for label in _legend_labels(ax) if "too thin" in label]
+    assert all(" ms " in label for label in thin)
     # bar heights per run add up to the mean seconds per training step
     grpo = metrics[metrics.run == "grpo"]
     total = grpo.filter(like="time/").fillna(0).to_numpy().sum() / (grpo.step > 0).sum()
@@ -140,6 +144,19 @@ def test_value_histograms(metrics):
     assert ax.get_ylim() == (0.0, 1.0)
     with pytest.raises(ValueError):
         runs.plot_value_histograms(metrics[metrics.run == "grpo"].assign(**{"tracker/value_hist": None}))
+
+
+def test_variance_ratio_puts_the_paper_line_in_the_spo_panel():
+    rows = [{"run": run, "seed": seed, "step": step, "reward/var": 0.24, "adv/raw_var": raw}
+            for run, raw in (("spo", 0.19), ("grpo", 0.12)) for seed in (0, 1) for step in range(1, 6)]
+    axes = runs.plot_variance_ratio(pd.DataFrame(rows), smooth=2)
+    for ax in axes:
+        _check_figure(ax, new_figure=False)
+    assert any(label.startswith("paper:") for label in _legend_labels(axes[0]))
+    assert not any(label.startswith("paper:") for label in _legend_labels(axes[1]))
+    assert _legend_labels(axes[1]) == ["grpo (2 seeds)"] and "spo (2 seeds)" in _legend_labels(axes[0])
+    spo_line = next(line for line in axes[0].get_lines() if line.get_label().startswith("spo"))
+    assert spo_line.get_ydata() == pytest.approx([0.19 / 0.24] * 5)
 
 
 def test_pass_at_k_with_reference():

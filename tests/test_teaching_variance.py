@@ -202,8 +202,12 @@ def test_plots_draw_the_data_they_are_given():
 
     ax = _check_figure(variance.plot_normalised_histogram(sb.advantages))
     labels = _legend_labels(ax)
-    assert len(labels) == 2 and labels[0].startswith(variance.NORMALISED[0]) and "0% of samples exactly 0" in labels[0]
-    assert labels[1].startswith(variance.NORMALISED[1])
+    assert len(labels) == 3 and labels[0].startswith(variance.NORMALISED[0]) and "none is exactly 0" in labels[0]
+    assert labels[1].startswith(variance.NORMALISED[1]) and "exactly 0" in labels[2]
+    # GRPO's exact zeros are a bar of their own, as a share of all its samples (not left out of the figure)
+    grpo = sb.advantages.loc[sb.advantages["estimator"] == variance.NORMALISED[1], "advantage"].to_numpy()
+    zero_bar = [p for p in ax.patches if p.get_hatch()]
+    assert len(zero_bar) == 1 and zero_bar[0].get_height() == pytest.approx((grpo == 0).mean())
 
 
 def test_every_plot_helper_is_tested_here():

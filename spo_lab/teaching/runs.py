@@ -27,6 +27,7 @@ __all__ = [
     "plot_metric",
     "plot_phase_times",
     "plot_value_histograms",
+    "plot_variance_ratio",
     "plot_pass_at_k",
 ]
 
@@ -144,23 +145,37 @@ def plot_metric(df, y, *, x="step", hue="run", ax=None, smooth=1):
 
 
 def plot_phase_times(df, *, ax=None):
-    """Where does a step's time go? Stacked bars of :func:`phase_times`, one bar per run."""
+    """Where does a step's time go? Stacked bars of :func:`phase_times`, one bar per run.
+
+    Phases too short to see as a band (sampling the prompts, scoring, syncing weights: milliseconds)
+    carry their seconds per step, per run, in the legend, so no phase is invisible.
+    """
     ax = style._ax(ax)
     table = phase_times(df)
     bottom = np.zeros(len(table))
+    total = table.sum(axis=1).to_numpy()
     for c in table.columns:
         phase = c.removeprefix("time/")
-        ax.bar(table.index.astype(str), table[c].to_numpy(), bottom=bottom, label=phase,
-               color=style.PHASE_COLORS.get(phase))
-        bottom += table[c].to_numpy()
+        values = table[c].to_numpy()
+        name = phase
+        if (values < 0.02 * total).all():  # thinner than ~2 % of every bar: state it in numbers
+            name = f"{phase}: " + " / ".join(f"{v * 1e3:.1f}" for v in values) + " ms (too thin to see)"
+        ax.bar(table.index.astype(str), values, bottom=bottom, label=name, color=style.PHASE_COLORS.get(phase))
+        bottom += values
     ax.set_ylabel("seconds per training step")
-    ax.set_xlabel("training run")
-    style.legend(ax, title="phase", title_fontsize="small")
+    ax.set_xlabel("training run (" + " / ".join(table.index.astype(str)) + ")")
+    ax.set_ylim(0, 1.45 * float(total.max()))  # room for the legend above the bars
+    style.legend(ax, title="phase", title_fontsize="small", fontsize="x-small")
     return ax
 
 
 def plot_value_histograms(df_one_run, *, ax=None):
-    """Heatmap of the tracker's values over training: :func:`value_histogram_fractions` against step."""
+    """Heatmap of the tracker's values over training: :func:`value_histogram_fractions` against step.
+
+    With the official offline start from n0 = 8 samples every prompt begins at one of the nine values
+    (k + 0.5) / 9, k = 0..8: none lies in [0.4, 0.5) (0.389 and 0.5 are its neighbours), so that bin
+    starts empty and fills only as updates move values into it; the figure says so in its title.
+    """
     ax = style._ax(ax)
     frac = value_histogram_fractions(df_one_run)
     s = frac.index.to_numpy().astype(float)
@@ -171,6 +186,34 @@ def plot_value_histograms(df_one_run, *, ax=None):
     ax.set_xlabel("training step")
     ax.set_ylabel("tracker value v")
     return ax
+
+
+def plot_variance_ratio(df, *, paper=0.5, smooth=10, axes=None, group_runs=("grpo",)):
+    """Var(advantage before normalisation) / Var(reward) per step: SPO's runs and the group runs side by side.
+
+    The paper's "about half" is a statement about SPO's r - v, so its reference line is drawn in the SPO
+    panel only; the group runs' r - mean_g (smaller by construction, notebook 04) get their own panel.
+    Returns the two Axes.
+    """
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(1, 2, figsize=(11, 3.4), dpi=style.DPI, sharey=True, layout="constrained")
+    ratio = df.assign(ratio=df[k.ADV_RAW_VAR] / df[k.REWARD_VAR].where(df[k.REWARD_VAR] > 0))
+    ratio = ratio[ratio["ratio"].notna()]
+    single = ratio[~ratio["run"].isin(group_runs)]
+    groups = ratio[ratio["run"].isin(group_runs)]
+    for ax, part, title in ((axes[0], single, "SPO: Var(r - v) / Var(r)"),
+                            (axes[1], groups, "GRPO: Var(r - group mean) / Var(r)")):
+        if not part.empty:
+            plot_metric(part, "ratio", smooth=smooth, ax=ax)
+        ax.set_title(f"{title}, rolling mean over {smooth} steps", fontsize="small")
+        ax.set_xlabel(style.label(k.STEP))
+        ax.set_ylabel("advantage variance before normalisation\n/ reward variance (ratio)")
+    if paper is not None:
+        style.paper_line(axes[0], paper, f"SPO ~ {paper:g} (Qwen3-8B)")
+        style.legend(axes[0])
+    return axes
 
 
 def plot_pass_at_k(table, *, ax=None, reference=None):

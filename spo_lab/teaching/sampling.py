@@ -31,6 +31,7 @@ __all__ = [
     "priority_weight_curves",
     "plot_priority_weights",
     "plot_sampler_signal",
+    "drawn_p_shares",
     "plot_drawn_p",
 ]
 
@@ -167,25 +168,45 @@ def plot_sampler_signal(per_step, y="signal_std", *, ax=None, smooth=5):
     return ax
 
 
-def plot_drawn_p(draws, *, step=None, ax=None, bins=10):
-    """Distribution of the true p of the prompts each strategy drew, as shares of its draws.
+def drawn_p_shares(draws, *, step=None, bins=10) -> pd.DataFrame:
+    """Share of each strategy's drawn prompts per bin of their true p (rows: bins by lower edge; columns: strategies).
 
-    ``draws`` of :func:`sampler_signal`; one snapshot ``step``, or all snapshot steps pooled
-    (``step=None``).
+    ``draws`` of :func:`sampler_signal`; one snapshot ``step``, or all snapshot steps pooled (``step=None``).
     """
-    ax = style._ax(ax)
     d = draws if step is None else draws[draws["step"] == step]
     edges = np.linspace(0, 1, bins + 1)
-    strategies = list(dict.fromkeys(d["strategy"]))
-    palette = style.colors(strategies)
-    for name in strategies:
-        g = d[d["strategy"] == name]
-        ax.hist(g["p"], bins=edges, weights=np.full(len(g), 1.0 / len(g)), histtype="step", linewidth=1.5,
-                color=palette[name], label=name)
+    out = {}
+    for name in dict.fromkeys(d["strategy"]):
+        counts, _ = np.histogram(d.loc[d["strategy"] == name, "p"], bins=edges)
+        out[name] = counts / counts.sum()
+    return pd.DataFrame(out, index=pd.Index(np.round(edges[:-1], 6), name="p from"))
+
+
+def plot_drawn_p(draws, *, step=None, ax=None, bins=10, relative_to=None):
+    """Distribution of the true p of the prompts each strategy drew, on a linear axis.
+
+    ``draws`` of :func:`sampler_signal`; one snapshot ``step``, or all snapshot steps pooled
+    (``step=None``). With ``relative_to`` (a strategy name) each strategy's share per bin is divided
+    by that strategy's share, so "draws twice as often from this band" reads as 2 (that strategy is
+    the flat line at 1).
+    """
+    ax = style._ax(ax)
+    shares = drawn_p_shares(draws, step=step, bins=bins)
+    edges = np.linspace(0, 1, bins + 1)
+    palette = style.colors(list(shares.columns))
+    for name in shares.columns:
+        y = shares[name].to_numpy()
+        if relative_to is not None:
+            y = y / shares[relative_to].to_numpy()
+        ax.stairs(y, edges, linewidth=1.5, color=palette[name], label=name)
     ax.set_xlabel("true success probability p of the drawn prompt")
-    ax.set_ylabel("share of drawn prompts\n(fraction, log scale)")
-    ax.set_yscale("log")
-    n_steps = d["step"].nunique()
+    if relative_to is None:
+        ax.set_ylabel("share of drawn prompts (fraction)")
+        ax.set_ylim(bottom=0)
+    else:
+        ax.set_ylabel(f"share of drawn prompts\nrelative to {relative_to} (ratio)")
+        ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle=":")
+    n_steps = (draws if step is None else draws[draws["step"] == step])["step"].nunique()
     ax.set_title(f"simulated step {step}" if step is not None else f"pooled over {n_steps} snapshot steps", fontsize="small")
     style.legend(ax)
     return ax

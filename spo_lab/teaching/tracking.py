@@ -300,18 +300,24 @@ def _trace_colors(results):
     return style.colors(list(results))
 
 
-def plot_tracking_trace(results, prompt=0, *, ax=None, max_steps=None):
+def plot_tracking_trace(results, prompt=0, *, ax=None, max_steps=None, faint=()):
     """One prompt's true p and the tracker values v of several trackers, over visits.
 
-    ``results`` maps a label to a :class:`TrackResult` (all on the same trajectory).
+    ``results`` maps a label to a :class:`TrackResult` (all on the same trajectory). Labels in
+    ``faint`` are drawn thin and translucent behind the others, so a very noisy tracker (a window of
+    2 jumps between 0 and 1) does not hide the ones the figure is about.
     """
     ax = style._ax(ax, figsize=(6.0, 3.2))
     first = next(iter(results.values()))
     t = np.arange(first.p.shape[0] if max_steps is None else min(max_steps, first.p.shape[0]))
-    ax.plot(t, first.p[t, prompt], color=style.color("true p"), linewidth=2, label="true p")
+    ax.plot(t, first.p[t, prompt], color=style.color("true p"), linewidth=2, label="true p", zorder=4)
     palette = _trace_colors(results)
     for label, res in results.items():
-        ax.plot(t, res.v[t, prompt], linewidth=1, color=palette[label], label=label)
+        if label in faint:
+            ax.plot(t, res.v[t, prompt], linewidth=0.6, alpha=0.3, color=palette[label], label=f"{label} (faint)",
+                    zorder=1)
+        else:
+            ax.plot(t, res.v[t, prompt], linewidth=1.4, color=palette[label], label=label, zorder=3)
     ax.set_xlabel("visit of the prompt (count)")
     ax.set_ylabel("success probability\n(true p, tracker value v)")
     ax.set_ylim(-0.02, 1.02)
@@ -323,7 +329,7 @@ def plot_rho_trace(results, prompt=0, *, ax=None, max_steps=None):
     """The discount rho each tracker applied at every visit of one prompt (same trajectory).
 
     ``results`` maps a label to a :class:`TrackResult`; the official clip interval [0.875, 0.96]
-    bounds the KL-adaptive trackers.
+    bounds the adaptive trackers.
     """
     ax = style._ax(ax, figsize=(6.0, 2.4))
     first = next(iter(results.values()))

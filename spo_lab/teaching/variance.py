@@ -287,9 +287,10 @@ def plot_same_batch(summary: pd.DataFrame, *, axes=None, group_size: int = 8):
 def plot_normalised_histogram(advantages: pd.DataFrame, *, ax=None, limit: float = 6.0, width: float = 0.2):
     """Histogram of each method's advantage after its own normalisation, as a share of its samples per bin.
 
-    ``advantages`` from :attr:`SameBatch.advantages`. Exact zeros (GRPO's degenerate groups) are left
-    out of the bins and their share is given in the legend, so the spike does not hide the rest; values
-    beyond +-``limit`` are counted in the end bins. Log y axis.
+    ``advantages`` from :attr:`SameBatch.advantages`. Every bar is a share of *all* the method's
+    samples: exact zeros (GRPO's degenerate groups) are drawn as their own hatched bar at 0, with their
+    share in the legend, and the other values in bins of ``width``; values beyond +-``limit`` are
+    counted in the end bins. Log y axis, so the zero bar and the thin tails fit on one figure.
     """
     ax = style._ax(ax, figsize=(6.0, 3.4))
     edges = np.arange(-limit, limit + width / 2, width)
@@ -302,10 +303,14 @@ def plot_normalised_histogram(advantages: pd.DataFrame, *, ax=None, limit: float
         clipped |= bool((np.abs(a) > limit).any())
         nonzero = np.clip(a[~zero], -limit, limit)
         ax.hist(nonzero, bins=edges, weights=np.full(len(nonzero), 1.0 / len(a)), histtype="step",
-                linewidth=1.5, color=_COLORS[name], label=f"{name}\n({zero.mean():.0%} of samples exactly 0)")
+                linewidth=1.5, color=_COLORS[name],
+                label=f"{name}: values != 0" + ("" if zero.any() else " (none is exactly 0)"))
+        if zero.any():
+            ax.bar([0.0], [zero.mean()], width=width, color="none", edgecolor=_COLORS[name], hatch="///",
+                   linewidth=1.5, label=f"{name}: exactly 0, {zero.mean():.0%} of its samples")
     ax.set_yscale("log")
     ax.set_xlabel("advantage after the method's own normalisation (standard units)"
                   + (f"\nvalues beyond +-{limit:g} counted in the end bins" if clipped else ""))
-    ax.set_ylabel(f"share of samples per bin\n(bin width {width:g}, log scale)")
+    ax.set_ylabel(f"share of all samples per bin\n(bin width {width:g}, log scale)")
     style.legend(ax, fontsize="x-small")
     return ax
