@@ -19,13 +19,15 @@ modelled. A batch is B units (``prompts_per_step``).
 Staleness, by pacing rather than dropping
 -----------------------------------------
 A unit admitted while the collector's weights are version v may be trained on by batch v + K at the
-latest (K = ``max_staleness``; batch b is the one the trainer's b-th update uses, and the trainer is at
-version b then). While the trainer waits for (or works on) batch c, the collector admits a new unit only
-if fewer than B (c + K + 1) units have been admitted. So at most B unconsumed units are ever due by any
-batch, and batch b can take all of those due by b. Batch b takes (1) every unit due by b, waiting for
-the ones still running (the only wait the bound imposes), then (2) the earliest finished others, up to
-B. Nothing is thrown away to meet the bound: discarding slow trajectories would bias training against
-long, hard prompts. The rows of a batch are ordered by policy version, then by admission.
+latest, its *deadline* (K = ``max_staleness``; batch b is the one the trainer's b-th update uses, and
+the trainer is at version b then). The collector admits a unit only if the unconsumed units, it
+included, fit the batches from the next one to its deadline (B per batch), and only for weights the
+trainer has asked a batch of (so with K = 0 nothing is sampled before the trainer asks). A batch takes
+the finished units earliest deadline first, then first finished, provided that what is left still fits
+the batches after it by deadline; otherwise it waits for the earlier-due units still running (the only
+wait the bound imposes). Nothing is thrown away to meet the bound: discarding slow trajectories would
+bias training against long, hard prompts. The rows of a batch are ordered by policy version, then by
+admission.
 
 The tracker stays right
 -----------------------

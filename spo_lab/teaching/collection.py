@@ -1,0 +1,99 @@
+"""The barrier, measured: collection throughput of a real collector in four modes (notebook 08,
+``benchmarks/bench_async.py``).
+
+The same engine, task, tool sandbox and injected latencies in every mode; only the scheduling differs:
+
+- ``group_sync``: groups of G = 8 (B / G prompts), the batch waits for every member of every group;
+- ``single_sync``: B prompts, one response each, the batch waits for all of them;
+- ``single_async``: B trajectories always in flight; a batch is the first B to finish, and a finished
+  trajectory's slot is refilled at once (no barrier, :class:`~spo_lab.collector.AsyncCollector`);
+- ``single_overprovisioned``: the paper's simulation: 2B started, the first B kept, the rest aborted.
+
+Collection only: no update runs between batches (the weights stay the same), so the asynchronous mode's
+staleness bound never binds. Usable responses are the responses handed over in batches; for the group
+mode also those in groups whose rewards are not all equal (the rest have zero advantage).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..algorithms import GroupBaseline
+from ..collector import AsyncCollector
+from ..metrics import degenerate_mask
+
+__all__ = ["MODES", "PAPER_RATIO", "measure_collection", "busy_fractions"]
+
+MODES = ("group_sync", "single_sync", "single_async", "single_overprovisioned")
+PAPER_RATIO = 486.0 / 112.0
+"""The paper's simulated speed-up of single-stream over group-synchronous collection (486 s vs 112 s)."""
+
+
+def _collector(mode: str, engine, prompts, batch: int, group: int, max_new_tokens: int, seed: int, timeout_s: float):
+    gen = torch.Generator().manual_seed(seed)
+    P = len(prompts)
+    if mode == "group_sync":
+        algo, K, over = GroupBaseline("grpo", group, P, batch // group, generator=gen), 0, 1
+    else:
+        algo = GroupBaseline("reinforce", 1, P, batch, generator=gen)
+        K, over = {"single_sync": (0, 1), "single_async": (10**9, 1), "single_overprovisioned": (0, 2)}[mode]
+    return AsyncCollector(engine, None, algo, prompts, batch_units=batch // algo.group, max_staleness=K,
+                          max_in_flight=batch * over, max_new_tokens=max_new_tokens, overprovision=over,
+                          timeout_s=timeout_s)
+
+
+def measure_collection(mode: str, engine, policy, task, problems, *, batch: int = 32, batches: int = 4,
+                       group: int = 8, max_new_tokens: int = 64, seed: int = 0, timeout_s: float = 600.0) -> dict:
+    """Collect ``batches`` batches of ``batch`` usable responses in ``mode``; what it took.
+
+    Returns ``responses_per_s`` (responses handed over / wall seconds from the start to the last batch),
+    ``seconds``, ``responses``, for the group mode ``nondegenerate_per_s``, the collector's counts
+    (``aborted``: started and thrown away), the busy fractions of :func:`busy_fractions`, and the
+    per-unit ``timeline`` (admission, finish, hand-over, generation and tool spans; seconds from the start).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if batch % group:
+        raise ValueError(f"batch {batch} must be a multiple of the group size {group}")
+    col = _collector(mode, engine, [p.prompt for p in problems], batch, group, max_new_tokens, seed, timeout_s)
+    t0 = time.monotonic()
+    responses = nondeg = 0
+    try:
+        for b in range(batches):
+            ro, _, _ = col.next_batch(b)
+            responses += len(ro)
+            if mode == "group_sync":
+                r = torch.tensor(task.reward(ro.texts, [problems[i] for i in ro.prompt_index.tolist()]))
+                nondeg += int((~degenerate_mask(r, group)).sum()) * group
+            col.sync_weights(policy)  # the same weights: collection only
+        seconds = time.monotonic() - col.t0
+    finally:
+        counts = col.close()
+    timeline = col.timeline()
+    out = {"mode": mode, "seconds": seconds, "responses": responses, "responses_per_s": responses / seconds,
+           "wall_from_first_request_s": time.monotonic() - t0, "aborted": counts.get("aborted", 0),
+           "admitted": counts.get("admitted", 0), **busy_fractions(timeline, seconds), "timeline": timeline}
+    if mode == "group_sync":
+        out["nondegenerate_per_s"] = nondeg / seconds
+    return out
+
+
+def _union(spans) -> float:
+    total, end = 0.0, -np.inf
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def busy_fractions(timeline: list[dict], seconds: float) -> dict:
+    """Where the wall time went (handed-over units only): the share with a generation call running
+    (``generate_busy``), with only tool calls running (``tool_only``), and with neither (``idle``)."""
+    gen = [(a, b) for u in timeline for _, what, a, b in u["spans"] if what == "gen"]
+    tool = [(a, b) for u in timeline for _, what, a, b in u["spans"] if what == "tool"]
+    g, either = _union(gen), _union(gen + tool)
+    return {"generate_busy": g / seconds, "tool_only": (either - g) / seconds, "idle": 1 - either / seconds}
