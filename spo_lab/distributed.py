@@ -2,10 +2,19 @@
 
     torchrun --standalone --nproc_per_node 2 -m spo_lab.train --algo spo --steps 300 --out runs/spo-dp2
 
-``torchrun`` (or ``accelerate launch``, which sets the same ``RANK`` / ``WORLD_SIZE`` variables) starts N
-copies of the trainer; :func:`init_world` joins them into one process group and returns the
-:class:`World` every part of the trainer asks. Without those variables the world is :data:`ONE` and
-every method below returns its input untouched: one process runs exactly the code it always ran.
+``torchrun`` starts N copies of the trainer; :func:`init_world` joins them into one process group and
+returns the :class:`World` every part of the trainer asks. Without torchrun's ``RANK`` / ``WORLD_SIZE``
+variables the world is :data:`ONE` and every method below returns its input untouched: one process runs
+exactly the code it always ran. Other launchers:
+
+- ``accelerate launch --multi_gpu --num_processes N -m spo_lab.train ...`` runs torchrun underneath (the
+  same variables), on GPUs and on a CPU-only machine alike (then gloo). ``accelerate launch --cpu
+  --num_processes N`` does NOT start N processes: accelerate 1.x runs one plain process there, unless
+  given an MPI hostfile (``--mpirun_hostfile``), when ``mpirun`` starts them.
+- ``mpirun`` (directly or through accelerate) sets MPI's variables instead (Open MPI ``OMPI_COMM_WORLD_*``,
+  MPICH / Intel MPI ``PMI_*``, MVAPICH ``MV2_COMM_WORLD_*``); :func:`init_world` reads them when torchrun's
+  are absent, with ``MASTER_ADDR`` / ``MASTER_PORT`` defaulting to 127.0.0.1:29500 (one machine; set both
+  for several), as accelerate itself does.
 
 How N processes train the algorithm of one process (the global batch of ``--responses-per-step``):
 
@@ -264,17 +273,40 @@ ONE = World()
 """One process: every collective is the identity."""
 
 
+#: (size, rank, local rank) variables of the MPI launchers, in the order they are tried
+MPI_ENV = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"),
+           ("PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID"),
+           ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_LOCAL_RANK"))
+
+
+def _env_from_mpi() -> None:
+    """torchrun's ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` (and a one-machine rendezvous) from an MPI launcher's
+    variables, when torchrun's are absent: ``mpirun``, or ``accelerate launch --mpirun_hostfile``."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    for size, rank, local in MPI_ENV:
+        if size in os.environ and rank in os.environ:
+            os.environ.update(WORLD_SIZE=os.environ[size], RANK=os.environ[rank])
+            os.environ.setdefault("LOCAL_RANK", os.environ.get(local, "0"))
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29500")
+            return
+
+
 def init_world(timeout_s: float | None = None) -> World:
-    """The :class:`World` of this process: :data:`ONE`, or the group ``torchrun`` / ``accelerate launch`` describe.
+    """The :class:`World` of this process: :data:`ONE`, or the group ``torchrun`` / ``accelerate launch`` /
+    ``mpirun`` describe.
 
     An already initialised default group (another launcher's) is used as it is. Otherwise, with
-    ``WORLD_SIZE`` > 1 in the environment, the group is initialised from it (``env://``) with backend
-    ``SPO_LAB_DIST_BACKEND`` (default: gloo, plus NCCL for CUDA tensors when a GPU is there) and a
-    timeout of ``timeout_s`` (default ``SPO_LAB_DIST_TIMEOUT``, else 1800 s).
+    ``WORLD_SIZE`` > 1 in the environment (or MPI's variables, see the module docstring), the group is
+    initialised from it (``env://``) with backend ``SPO_LAB_DIST_BACKEND`` (default: gloo, plus NCCL for
+    CUDA tensors when a GPU is there) and a timeout of ``timeout_s`` (default ``SPO_LAB_DIST_TIMEOUT``,
+    else 1800 s).
     """
     timeout_s = float(timeout_s if timeout_s is not None else os.environ.get(TIMEOUT_ENV, "1800"))
     owns = False
     if not dist.is_initialized():
+        _env_from_mpi()
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return ONE
         backend = os.environ.get(BACKEND_ENV) or ("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")

@@ -113,7 +113,9 @@ class Config:
     model: str = str(DEFAULT_MODEL_DIR)
     """Hugging Face model folder or hub id (e.g. Qwen/Qwen3-0.6B on a machine that can download)"""
     engine: str = "hf"
-    """rollout engine: hf (transformers generate, shares the model) | vllm (needs vLLM)"""
+    """rollout engine: hf (transformers generate, shares the model) | vllm (needs vLLM) | vllm-server (a running vllm serve)"""
+    engine_url: str = ""
+    """base URL of the `vllm serve` to sample from, e.g. http://localhost:8000 (--engine vllm-server only; LoRA only)"""
     device: str = "auto"
     """cpu | cuda | auto (cuda when available)"""
     dtype: str = "auto"
@@ -269,6 +271,10 @@ class Config:
             bad("vllm_max_model_len", "must be >= 0")
         if self.vllm_sleep and self.engine != "vllm":
             bad("vllm_sleep", "needs --engine vllm")
+        if bool(self.engine_url) != (self.engine == "vllm-server"):
+            bad("engine_url", "is required with --engine vllm-server and refused with any other engine")
+        if self.engine == "vllm-server" and not self.lora_rank:
+            bad("lora_rank", "must be > 0 with --engine vllm-server (the server takes LoRA adapters, not full weights)")
         if not 0 < self.rho_min <= self.rho_max < 1:
             bad("rho_min", f"and --rho-max must satisfy 0 < rho_min <= rho_max < 1 (rho_max={self.rho_max})")
         g = self.group
@@ -672,6 +678,8 @@ def _build_engine(cfg: Config, policy, tokenizer, world: World = ONE):
     vllm_kwargs = {} if cfg.engine != "vllm" else {
         k: v for k, v in (("gpu_memory_utilization", cfg.vllm_gpu_memory_utilization),
                           ("max_model_len", cfg.vllm_max_model_len), ("enable_sleep_mode", cfg.vllm_sleep)) if v}
+    if cfg.engine == "vllm-server":
+        vllm_kwargs = {"url": cfg.engine_url}
     return build_engine(cfg.engine, model=policy, tokenizer=tokenizer, model_path=cfg.model, dtype=cfg.dtype,
                         seed=world.seed(cfg.seed), **vllm_kwargs)
 

