@@ -3,6 +3,7 @@
     from spo_lab.tasks import get_task
     task = get_task("arith")                    # graded addition, the bundled tiny reproduction
     task = get_task("math", source="dapo")      # DAPO-Math-17k + the five AIME-style benchmarks
+    task = get_task("arith_tool")               # multiplication, with the Python tool (data/tiny-qwen3-tool)
 
 Every task follows the protocol of :mod:`spo_lab.tasks.base`; the trainer picks one by name
 (``--task``), or takes any object with the same methods (``train(cfg, task=...)``).
@@ -19,6 +20,7 @@ __all__ = ["Problem", "Task", "content_id", "problems_fingerprint", "TASKS", "ge
 TASKS: dict[str, str] = {
     "arith": "spo_lab.tasks.arith:ArithTask",
     "math": "spo_lab.tasks.math:MathTask",
+    "arith_tool": "spo_lab.tasks.arith_tool:ArithToolTask",
 }
 """Task name -> ``module:class``; imported on first use (the math task needs ``datasets``)."""
 
