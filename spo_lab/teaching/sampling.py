@@ -61,7 +61,7 @@ def sampler_signal(
     """Which prompts does each sampling strategy draw, and how much learning signal do they carry?
 
     Each strategy keeps its own tracker, fed only by the prompts it drew (one response each,
-    KL-adaptive rho, offline start of n0 samples). Strategies:
+    D-adaptive rho, offline start of n0 samples). Strategies:
 
     - ``"uniform"``: B distinct prompts, all equally likely;
     - ``"prioritized"``: :class:`~spo_lab.sampler.PrioritizedSampler`, B distinct prompts with

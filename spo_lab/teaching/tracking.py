@@ -2,10 +2,10 @@
 
 Each prompt is a Bernoulli bandit whose success probability p = sigmoid(z) moves along a stated
 trajectory of logits; the library's :class:`~spo_lab.tracker.ValueTracker` follows it, with a
-constant discount rho or the KL-adaptive rho = clip(2^(-D / 0.06), 0.875, 0.96).
+constant discount rho or the D-adaptive rho = clip(2^(-D / 0.06), 0.875, 0.96).
 
 Paper claim illustrated: the official clip interval [0.875, 0.96] -- tracker windows of 8 to 25
-observations -- is where a fixed window's noise-plus-lag error is smallest, and the KL-adaptive rule
+observations -- is where a fixed window's noise-plus-lag error is smallest, and the D-adaptive rule
 lands near the best fixed window without being told how fast the policy moves.
 
 What is simplified: the trajectory of p is *exogenous* (written down before the simulation), so
@@ -75,7 +75,7 @@ def bandit_logits(
     learning where z random-walks with step sd ``drift``. J(t) ~ Bernoulli(``jump_prob``) adds rare
     large jumps (a skill suddenly acquired or lost). A tracker with a fixed window must compromise
     between the calm stretches (a long window averages noise away) and the moving ones and jumps
-    (a short window lags less); a KL-adaptive rho can do both.
+    (a short window lags less); a D-adaptive rho can do both.
 
     Returns:
         float64 array ``[steps + 1, num_prompts]``.
@@ -175,7 +175,7 @@ def track(logits: np.ndarray, *, rho: float | None = None, divergence: str = "lo
 
         alpha <- rho alpha + r,    beta <- rho beta + (1 - r),
 
-    rho constant (``rho`` given: the tracker's clip interval is [rho, rho]) or KL-adaptive
+    rho constant (``rho`` given: the tracker's clip interval is [rho, rho]) or D-adaptive
     (``rho=None``: rho = clip(2^(-D / 0.06), 0.875, 0.96) with D from ``divergence``, see
     :class:`_Follower`; the policy after visit t's update is z(t + 1)). The tracker starts from an
     offline pass of ``n0`` samples at z(0) (Jeffreys form, N0 = 1 / (1 - rho_min), which is
@@ -213,7 +213,7 @@ def tracking_error_sweep(
     n0: int = 8,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Tracking MSE of constant-rho trackers and of KL-adaptive trackers on the same trajectory.
+    """Tracking MSE of constant-rho trackers and of D-adaptive trackers on the same trajectory.
 
     All variants see the same rewards (same ``seed``). For a constant rho the effective window is
     W = 1 / (1 - rho) observations; for an adaptive tracker the table reports the mean rho it used

@@ -156,7 +156,7 @@ def same_batch_baselines(
     2. SPO's tracker value v of those prompts is read (before this step's update);
     3. every estimator of :data:`RAW` and :data:`NORMALISED` is computed on those rewards;
     4. SPO's own training batch (B prompts, one response each) is drawn and folded into the tracker
-       with the policy after the step, logits[t + 1] (KL-adaptive rho from ``divergence``). The
+       with the policy after the step, logits[t + 1] (D-adaptive rho from ``divergence``). The
        tracker starts from an offline pass of ``n0`` samples per prompt (Jeffreys form).
 
     Normalised advantages of steps >= ``keep_from`` are kept for histograms (none if None).
