@@ -355,6 +355,23 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
               "but not during the D re-scoring pass after it, so it buys little room here. The offline init (8 x 14.1k "
               "prompts) takes hours; it is cached in cache_dir. Alternative: gpu80-full."),
     Profile(
+        "gpu80-tool", "Qwen3-8B + LoRA r64 with the Python tool (ReTool, <= 8 turns) on one 80 GB GPU, vLLM colocated",
+        dict(_MATH, model="Qwen/Qwen3-8B", dtype="bfloat16", lora_rank=64, lora_alpha=128,
+             gradient_checkpointing=True, responses_per_step=64, max_new_tokens=3072, lr=1e-5, mini_batches=8,
+             micro_batch_rows=2, tool="python", max_turns=8, max_tool_chars=256, tool_timeout_s=30.0,
+             tool_memory_mb=1024, offline_init=False, steps=300, eval_every=25, eval_max_prompts=60,
+             out="runs/gpu80-tool-spo"),
+        gpu_memory_gb=79.1, engine_kwargs=dict(gpu_memory_utilization=0.3, max_model_len=4096),
+        estimate_kwargs=dict(max_prompt_tokens=1024),
+        notes="The recipe's tool loop (spo_lab.tools): the math task's tool prompt and reward rules (the answer after "
+              "the reasoning, no tool tags in it), code run in the process sandbox with the recipe's limits (30 s, "
+              "1 GiB, outputs cut to 256 characters), 8 turns. vLLM continues each request's own tokens across turns. "
+              "The response budget counts tool outputs too (3k here, the recipe's 8k needs more memory: micro_batch_rows "
+              "1 and a larger max_model_len). The sandbox runs on this machine's CPUs, one process per call, calls of a "
+              "turn in parallel. offline_init off: 8 x 14.1k prompts with tool turns take hours (or pass "
+              "offline_values). A machine without namespaces (many containers) refuses to start: read the error, "
+              "then --tool-waive the protections you accept to lose."),
+    Profile(
         "gpu80-full", "Qwen3-1.7B full fine-tuning (fp32 weights + AdamW) on one 80 GB GPU, vLLM colocated",
         dict(_MATH, model="Qwen/Qwen3-1.7B", dtype="float32", lora_rank=0, gradient_checkpointing=True,
              responses_per_step=64, max_new_tokens=2048, lr=1e-6, mini_batches=8, micro_batch_rows=2, steps=300,
@@ -376,8 +393,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
               "(16 B/param, 122 GiB for 8B) over 8+ GPUs with FSDP and micro-batches each mini-batch, as "
               "micro_batch_rows 1 does here (a 128-row mini-batch in one forward would need terabytes of logits). "
               "spo_lab's data parallelism (torchrun) splits the batch but replicates that state on every GPU, so "
-              "full fine-tuning of 8B does not fit; gpu80x8 runs this batch with LoRA on 8 GPUs. Tools (ReTool, 8 "
-              "turns) are not in spo_lab. GRPO: group_size 8 = 128 prompts x 8."),
+              "full fine-tuning of 8B does not fit; gpu80x8 runs this batch with LoRA on 8 GPUs. The paper's tool "
+              "(ReTool, 8 turns): --tool python, as gpu80-tool does on one GPU. GRPO: group_size 8 = 128 prompts x 8."),
     Profile(
         "gpu80x8", "the paper's batch (1024 x 1 responses of <= 8192) with Qwen3-8B + LoRA r64 on 8 x 80 GB GPUs",
         dict(_MATH, model="Qwen/Qwen3-8B", dtype="bfloat16", lora_rank=64, lora_alpha=128,

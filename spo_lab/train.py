@@ -143,6 +143,23 @@ class Config:
     """sampling temperature for training rollouts"""
     max_new_tokens: int = 8
     """response length cap"""
+    # ------------------------------------------------------------------ Python tool (ReTool-style turns, spo_lab.tools)
+    tool: str = "auto"
+    """none | python (responses may run <code> blocks in a sandbox) | auto (python for a task that needs it: arith_tool)"""
+    max_turns: int = 8
+    """most assistant turns per response with the tool (the recipe: 8)"""
+    max_tool_chars: int = 256
+    """tool output longer than this many characters is cut in the middle (the recipe: 256)"""
+    tool_timeout_s: float = 30.0
+    """wall-clock limit of one tool call, seconds (the recipe: 30)"""
+    tool_memory_mb: int = 1024
+    """address-space limit of the tool's processes, MiB (the recipe: 1024)"""
+    tool_waive: str = ""
+    """sandbox protections to run without, comma-separated (e.g. network_namespace), or all ('' = none waived)"""
+    tool_workers: int = 0
+    """tool calls run at once (threads waiting on sandbox processes; 0 = the CPU count, at most 8)"""
+    tool_latency: str = "none"
+    """INJECTED wait before every tool call: none | fixed:S | exponential:MEAN | lognormal:MU,SIGMA (slow tools, spo_lab.tools.latency)"""
     # ------------------------------------------------------------------ optimisation
     lr: float = 5e-5
     """AdamW learning rate (constant)"""
@@ -292,6 +309,7 @@ class Config:
             bad("mini_batches", f"must divide --responses-per-step={self.responses_per_step}")
         if self.resume and self.overwrite:
             bad("overwrite", "cannot be combined with --resume")
+        check_tool_settings(self, bad)
 
     # derived at run time
     @property
@@ -513,9 +531,12 @@ def evaluate_policy(run: Run, step: int) -> dict:
     combined weighted by the prompts behind each one."""
     cfg, world = run.cfg, run.world
     mine = world.share(run.eval_problems)
-    out = accuracy(run.engine, run.task, mine, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+    task = _ToolEvalTask(run.task) if tool_mode(cfg) == "python" else run.task  # + tool-call rate, acc with/without
+    out = accuracy(run.engine, task, mine, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                    seed=world.seed(cfg.seed * 1_000_003 + step), device=next(run.policy.parameters()).device,
                    samples=cfg.eval_samples) if mine or world.size == 1 else {}
+    if task is not run.task and mine:
+        out |= task.breakdown()
     return world.weighted_means(out, _eval_weights(run.task, mine, out))
 
 
@@ -572,7 +593,8 @@ def setup(cfg: Config, folder: RunFolder, *, task=None, engine=None, algorithm: 
     lora = LoraSpec(r=cfg.lora_rank, alpha=cfg.lora_alpha) if cfg.lora_rank > 0 else None
     policy, tokenizer = load_policy(cfg.model, dtype=cfg.dtype, device=device, lora=lora,
                                     gradient_checkpointing=cfg.gradient_checkpointing)
-    task = task if task is not None else get_task(cfg.task, data=cfg.data_dir or None, tokenizer=tokenizer)
+    task = task if task is not None else get_task(cfg.task, data=cfg.data_dir or None, tokenizer=tokenizer,
+                                                  **tool_task_kwargs(cfg))
     problems, eval_problems = task.load("train"), task.load(cfg.eval_split)
     if cfg.eval_max_prompts:
         eval_problems = eval_problems[: cfg.eval_max_prompts]
@@ -585,6 +607,7 @@ def setup(cfg: Config, folder: RunFolder, *, task=None, engine=None, algorithm: 
                         f"exceeds the {len(problems)} training prompts")
     if engine is None:
         engine = _build_engine(cfg, policy, tokenizer, world)
+    engine = build_tool_engine(cfg, engine, announce=world.rank == 0)  # --tool python: ToolEngine around it
     engine.sync_weights(policy)  # the engine samples from the policy as loaded
     gen = torch.Generator().manual_seed(cfg.seed)  # mini-batch splits (and the group methods' draws)
     ppo = cfg.ppo
@@ -704,13 +727,111 @@ def _offline_init(run: Run, on_offline_chunk=None) -> None:
                                       temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                       device=next(run.policy.parameters()).device,
                                       seed=world.seed(cfg.seed if cfg.offline_seed < 0 else cfg.offline_seed),
-                                      model_key=model_fingerprint(run.policy),
+                                      model_key=model_fingerprint(run.policy) + tool_cache_suffix(cfg),
                                       cache_dir=cfg.cache_dir or user_cache_dir("offline"),
                                       progress=cfg.progress and world.rank == 0, on_chunk=on_offline_chunk,
                                       info=run.offline_info)
         succ, trials = world.gather(succ, len(run.problems)), world.gather(trials, len(run.problems))
         run.offline_responses = cfg.n0 * len(run.problems)
     spo.init_from_counts(succ, trials, mode=cfg.init_mode)
+
+
+# ====================================================================== the Python tool (opt-in: --tool)
+def tool_mode(cfg: Config) -> str:
+    """``python`` or ``none``; ``--tool auto`` is ``python`` for a task that needs the tool (``needs_tool``: arith_tool)."""
+    if cfg.tool != "auto":
+        return cfg.tool
+    return "python" if getattr(task_class(cfg.task), "needs_tool", False) else "none"
+
+
+def check_tool_settings(cfg: Config, bad) -> None:
+    """The tool flags of :meth:`Config.validate` (``bad(name, why)`` raises the ValueError naming the flag)."""
+    from .tools.sandbox import WAIVABLE
+
+    if cfg.tool not in ("auto", "none", "python"):
+        bad("tool", "must be one of ('auto', 'none', 'python')")
+    for name, low in (("max_turns", 1), ("max_tool_chars", 2), ("tool_memory_mb", 32), ("tool_workers", 0)):
+        if getattr(cfg, name) < low:
+            bad(name, f"must be >= {low}")
+    if not (math.isfinite(cfg.tool_timeout_s) and cfg.tool_timeout_s > 0):
+        bad("tool_timeout_s", "must be a finite number > 0")
+    names = {n.strip() for n in cfg.tool_waive.split(",") if n.strip()}
+    if names != {"all"} and not names <= set(WAIVABLE):
+        bad("tool_waive", f"must be 'all' or names from {WAIVABLE}")
+    try:
+        parse_latency(cfg.tool_latency)
+    except ValueError as err:
+        bad("tool_latency", str(err).replace(f"latency {cfg.tool_latency!r}: ", "is not valid: "))
+    if cfg.tool_latency != "none" and tool_mode(cfg) != "python":
+        bad("tool_latency", "needs the tool (--tool python)")
+    if cfg.task == "arith_tool" and Path(cfg.model).resolve() == DEFAULT_MODEL_DIR.resolve():
+        bad("model", "is the addition model, whose tokenizer has no tool tags: --task arith_tool needs "
+                     f"--model {DEFAULT_MODEL_DIR.parent / 'tiny-qwen3-tool'}")
+
+
+def build_tool_engine(cfg: Config, engine, *, announce: bool = True):
+    """``engine`` as it is with the tool off; with ``--tool python`` a :class:`spo_lab.tools.ToolEngine` around it,
+    running code in a :class:`spo_lab.tools.PythonSandbox` built from the ``--tool-*`` flags, whose protections
+    are printed (``announce``). A protection this machine cannot give is a UserError naming ``--tool-waive``."""
+    from .tools import PythonSandbox, ToolEngine
+    from .tools.sandbox import SandboxUnavailable
+
+    if tool_mode(cfg) != "python" or isinstance(engine, ToolEngine):
+        return engine
+    waive = {n.strip() for n in cfg.tool_waive.split(",") if n.strip()}
+    try:
+        box = PythonSandbox(timeout_s=cfg.tool_timeout_s, memory_mb=cfg.tool_memory_mb,
+                            allow_missing="all" if waive == {"all"} else waive)
+    except SandboxUnavailable as err:
+        raise UserError(f"{err}\nWith spo_lab.train, waive them with --tool-waive "
+                        f"{','.join(err.missing)}") from None
+    if announce:
+        print(box.describe(), flush=True)
+    if cfg.tool_latency != "none":  # a slow environment, simulated: labelled injected wherever it is reported
+        box = InjectedLatency(box, cfg.tool_latency, seed=cfg.seed)
+        if announce:
+            print(f"injected tool latency: {cfg.tool_latency} per call, capped at {cfg.tool_timeout_s} s", flush=True)
+    return ToolEngine(engine, box, max_turns=cfg.max_turns, max_tool_chars=cfg.max_tool_chars,
+                      tool_workers=cfg.tool_workers or None)
+
+
+def tool_task_kwargs(cfg: Config) -> dict:
+    """What the task is built with when the tool is on: its class's ``tool_kwargs`` (math: the tool prompt)."""
+    return dict(getattr(task_class(cfg.task), "tool_kwargs", {})) if tool_mode(cfg) == "python" else {}
+
+
+def tool_cache_suffix(cfg: Config) -> str:
+    """Part of the offline pass's cache key: a pass with the tool is not a pass without ('' with the tool off)."""
+    if tool_mode(cfg) != "python":
+        return ""
+    return f"+tool(turns={cfg.max_turns},chars={cfg.max_tool_chars})"
+
+
+class _ToolEvalTask:
+    """The run's task, keeping the texts and rewards of its last ``reward`` call: the evaluation's sampled
+    responses, from which :meth:`breakdown` gives the tool-call rate and the accuracy with and without a call."""
+
+    def __init__(self, task):
+        self.task, self.last = task, ([], [])
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def reward(self, completions, problems):
+        rewards = self.task.reward(completions, problems)
+        self.last = (list(completions), list(rewards))
+        return rewards
+
+    def breakdown(self) -> dict:
+        from .tasks.arith_tool import tool_breakdown
+
+        b = tool_breakdown(*self.last)
+        return {f"{TOOL_EVAL_PREFIX}/{k}": v for k, v in b.items() if v is not None}
+
+
+TOOL_EVAL_PREFIX = "eval_tool"
+"""Held-out keys of a tool run: ``eval_tool/call_rate``, ``eval_tool/acc_with_tool``, ``eval_tool/acc_without_tool``
+(the avg@k samples of each evaluation)."""
 
 
 # ====================================================================== checkpoints

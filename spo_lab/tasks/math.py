@@ -28,7 +28,9 @@ DAPO's prompts wrap the problem in an instruction to end with ``Answer: $Answer`
 Prompts (:func:`format_prompt`): ``style="boxed"`` (default) asks to reason step by step and put the
 final answer in ``\\boxed{}``; ``style="official"`` reproduces the SPO recipe (``spo_retool.py``):
 the DAPO prompt as stored (wrapper included) plus ``"\\nThe answer format must be:
-\\boxed{'The final answer goes here.'}"``. The user message goes through the tokenizer's chat
+\\boxed{'The final answer goes here.'}"``; ``style="tool"`` (the trainer's ``--tool python``) puts the
+recipe's tool instruction (:data:`TOOL_INSTRUCTION`, paraphrased) before the problem, and its reward scores
+only the answer after the reasoning (:func:`tool_answer_text`). The user message goes through the tokenizer's chat
 template (``add_generation_prompt=True``, ``enable_thinking=thinking`` for Qwen3); a tokenizer
 without a chat template (the bundled tiny Qwen3) gets a plain ``Problem: ... Solution:`` text.
 """
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .arith_tool import TOOL_TAGS
 from .base import Problem, content_id
 from .math_reward import extract_answer, math_dapo_extract, math_dapo_reward, score_batch
 
@@ -76,11 +79,21 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 }
 """The paper's five test sets: name -> hub id, split and the columns used."""
 
+STYLES = ("boxed", "official", "tool")
+"""Prompt styles (:func:`format_prompt`)."""
+
 DAPO_PREFIX = ("Solve the following math problem step by step. The last line of your response should be of "
                "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.")
 DAPO_SUFFIX = 'Remember to put your answer on its own line after "Answer:".'
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 OFFICIAL_ANSWER_FORMAT = "\nThe answer format must be: \\boxed{'The final answer goes here.'}"
+TOOL_INSTRUCTION = (
+    "Solve the problem below, reasoning step by step. When a computation is easier in code, you may write a "
+    "complete, self-contained Python program between <code> and </code>. It runs in a sandbox that remembers "
+    "nothing between calls, and what it prints comes back to you between <interpreter> and </interpreter>. Use "
+    "the tool where it helps, not for every step. End with the final answer within \\boxed{}, after your "
+    "reasoning and outside any code.\n\nProblem: ")
+"""``style="tool"``: the recipe's instruction for tool use (ReTool), in our own words, put before the problem."""
 
 
 @dataclass(frozen=True)
@@ -277,12 +290,34 @@ def format_prompt(problem: str, *, tokenizer=None, thinking: bool = False, style
         msg = f"{problem}\n\n{BOXED_INSTRUCTION}"
     elif style == "official":
         msg = (raw_prompt if raw_prompt is not None else problem) + OFFICIAL_ANSWER_FORMAT
+    elif style == "tool":
+        msg = TOOL_INSTRUCTION + problem
     else:
-        raise UserError(f"unknown prompt style {style!r}; known styles: ['boxed', 'official']")
+        raise UserError(f"unknown prompt style {style!r}; known styles: {list(STYLES)}")
     if _has_chat_template(tokenizer):
         return tokenizer.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
                                              add_generation_prompt=True, enable_thinking=thinking)
     return f"Problem: {msg}\nSolution:"
+
+
+def tool_answer_text(completion, *, thinking: bool = False) -> str | None:
+    """The part of a tool-using response that may hold its final answer, by the recipe's rules, or None (reward 0).
+
+    After the reasoning: in thinking mode the text after the response's one ``</think>`` (none, or two, is
+    None), otherwise the text after the last ``</interpreter>`` (the whole response without a tool call). A
+    tool tag in that part is None: an answer inside code or a tool output does not count, and a response
+    that ended inside a tool turn has no answer.
+    """
+    if not isinstance(completion, str):
+        return None
+    if thinking:
+        if completion.count("</think>") != 1:
+            return None
+        tail = completion.split("</think>", 1)[1]
+    else:
+        cut = completion.rfind("</interpreter>")
+        tail = completion if cut < 0 else completion[cut + len("</interpreter>"):]
+    return None if any(tag in tail for tag in TOOL_TAGS) else tail
 
 
 def load_benchmark(name: str, *, path: str | Path | None = None, tokenizer=None, thinking: bool = False,
@@ -315,7 +350,8 @@ class MathTask:
             An int, or a fraction in (0, 1); at most half the rows.
         test: benchmark name(s) that ``load("test")`` returns, concatenated (default all five).
         benchmark_paths: name -> local path, replacing the hub ids.
-        style: prompt style, ``"boxed"`` or ``"official"`` (:func:`format_prompt`).
+        style: prompt style, ``"boxed"``, ``"official"`` or ``"tool"`` (:func:`format_prompt`); ``"tool"`` also
+            scores only the answer after the reasoning, with no tool tags in it (:func:`tool_answer_text`).
         timeout, workers: for the math-verify checker (:func:`~spo_lab.tasks.math_reward.score_batch`).
 
     ``load(split)``: ``"train"``, ``"validation"``, ``"test"`` or a benchmark name. Problems carry
@@ -327,6 +363,8 @@ class MathTask:
     breakdown_key = "source"
     group_key = breakdown_key  # the old name, kept for one release
     splits = ("train", "validation", "test", *BENCHMARKS)
+    tool_kwargs = {"style": "tool"}
+    """What the trainer builds the task with under ``--tool python``: the tool prompt and its reward rules."""
     """What ``load`` accepts: checked against ``--eval-split`` before the model loads."""
 
     def __init__(self, data: str | Path | None = "dapo", *, tokenizer=None, thinking: bool = False, config: str | None = None,
@@ -338,8 +376,8 @@ class MathTask:
             raise UserError(f"unknown reward {reward!r}; known rewards: ['math-verify', 'math_dapo']")
         if reward == "math-verify" and importlib.util.find_spec("math_verify") is None:
             raise ImportError("reward='math-verify' needs the math-verify package: pip install 'math-verify>=0.8'")
-        if style not in ("boxed", "official"):
-            raise UserError(f"unknown prompt style {style!r}; known styles: ['boxed', 'official']")
+        if style not in STYLES:
+            raise UserError(f"unknown prompt style {style!r}; known styles: {list(STYLES)}")
         tests = [test] if isinstance(test, str) else list(test)
         for b in [*tests, *(benchmark_paths or {})]:
             if b not in BENCHMARKS:
@@ -388,15 +426,34 @@ class MathTask:
         if len(completions) != len(problems):
             raise ValueError(f"{len(completions)} completions but {len(problems)} problems")
         golds = [p.answer for p in problems]
+        if self.style == "tool":  # the answer after the reasoning, no tool tags in it; the rest scores that part
+            tails = [tool_answer_text(c, thinking=self.thinking) for c in completions]
+            keep = [i for i, t in enumerate(tails) if t is not None]
+            scored = (MathTask.reward(self._untooled(), [tails[i] for i in keep], [problems[i] for i in keep])
+                      if keep else [])
+            out = [0.0] * len(completions)
+            for i, r in zip(keep, scored):
+                out[i] = r
+            return out
         if self.checker == "math_dapo":
             return [math_dapo_reward(c, g, require_think_close=self.thinking) for c, g in zip(completions, golds)]
         return score_batch(completions, golds, timeout=self.timeout, workers=self.workers)
 
     score = reward  # the old name, kept for one release
 
+    def _untooled(self) -> "MathTask":
+        """This task's checker on the answer part alone (the ``</think>`` rule already applied by the tool rules)."""
+        twin = object.__new__(MathTask)
+        twin.__dict__.update(self.__dict__, style="boxed", thinking=False)
+        return twin
+
     def extract(self, completion: str) -> Hashable | None:
         """The final answer maj@k votes over: the normalised last boxed answer (math-verify reward) or
-        the recipe's strict extraction (math_dapo); None without one."""
+        the recipe's strict extraction (math_dapo); None without one (with the tool: from the answer part only)."""
+        if self.style == "tool":
+            completion = tool_answer_text(completion, thinking=self.thinking)
+            if completion is None:
+                return None
         if self.checker == "math_dapo":
             return math_dapo_extract(completion)
         return extract_answer(completion)
