@@ -19,7 +19,7 @@ from .teaching import style
 from .keys import DEGENERATE_FRAC, GREEDY_ACC, NOT_STEP, RESPONSES, RESPONSES_INCL_INIT, SAMPLED_ACC
 
 __all__ = ["main_job_figures", "sweep_figure", "ablation_figure", "accuracy_figure", "offline_cost_figure", "per_level_figure",
-           "paired_difference_figure", "degenerate_figure", "phase_time_figure"]
+           "paired_difference_figure", "degenerate_figure", "phase_time_figure", "tool_figures"]
 
 AVG_LABEL = "held-out accuracy, avg@8 at T = 1"
 
@@ -204,3 +204,41 @@ def ablation_figure(root: Path, summary: dict) -> str:
     fig.suptitle(f"ablations: mean and 95 % interval over {len(summary['runs'][runs[0]]['seeds'])} seeds",
                  fontsize="medium")
     return _save(fig, root, "ablations.png")
+
+
+# ====================================================================== the tool job
+def tool_figures(root: Path, df: pd.DataFrame, summary: dict) -> list[str]:
+    """The tool job's figures: held-out accuracy (avg@k, greedy), and tool use (call rate, accuracy with and
+    without a call), each against training responses with seed bands."""
+    from .report import TOOL_KEYS
+
+    style.apply()
+    k, seeds = summary["settings"]["eval_samples"], len(_start(summary)["seeds"])
+    start = _start(summary)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, y, key, name in ((axes[0], SAMPLED_ACC, "start_avg", f"held-out accuracy, avg@{k} at T = 1"),
+                             (axes[1], GREEDY_ACC, "start_greedy", "held-out accuracy, greedy")):
+        run_figures.plot_learning_curves(df, y=y, x=RESPONSES, ax=ax)
+        _warm_start(ax, start[key]["mean"])
+        ax.set_ylabel(name)
+        style.legend(ax)
+    fig.suptitle(f"multiplication with a Python tool, tiny Qwen3 (~1 M parameters); mean ± std over {seeds} seeds",
+                 fontsize="medium")
+    made = [_save(fig, root, "tool_accuracy.png")]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    if "tool/call_rate" in df:
+        run_figures.plot_metric(df[df.step > 0], "tool/call_rate", x=RESPONSES, ax=axes[0], smooth=3)
+    axes[0].set_ylabel("share of training responses\nthat call the tool")
+    for ax, name, label in ((axes[1], "call_rate", "share of held-out responses\nthat call the tool"),
+                            (axes[2], "acc_with_tool", "held-out accuracy of responses\nwith a tool call"),
+                            (axes[3], "acc_without_tool", "held-out accuracy of responses\nwithout one")):
+        if TOOL_KEYS[name] in df and df[TOOL_KEYS[name]].notna().any():
+            run_figures.plot_learning_curves(df, y=TOOL_KEYS[name], x=RESPONSES, ax=ax)
+        ax.set_ylabel(label)
+    for ax in axes:
+        ax.set_ylim(-0.02, 1.02)
+        style.legend(ax)
+    fig.suptitle(f"tool use: every training step (rolling mean of 3), and the held-out avg@{k} samples; mean ± std "
+                 f"over {seeds} seeds", fontsize="medium")
+    made.append(_save(fig, root, "tool_use.png"))
+    return made

@@ -30,7 +30,7 @@ from .keys import (ADV_RAW_VAR, DEGENERATE_FRAC, EVAL_TIME, GREEDY_ACC, NOT_STEP
 __all__ = ["PAPER", "load_results", "mean_ci", "per_seed_table", "time_to_accuracy", "summarize_runs", "runs_table",
            "results_markdown", "paper_markdown", "sweep_markdown", "write_report", "write_sweep_report",
            "README_BLOCKS", "readme_text", "train_seconds", "offline_seconds", "write_ablation_report",
-           "ablation_markdown"]
+           "ablation_markdown", "summarize_tool_runs", "tool_markdown", "write_tool_report"]
 
 PAPER = {
     "degenerate_share_start": 0.6,
@@ -451,6 +451,108 @@ def write_sweep_report(root: Path, df: pd.DataFrame, order=("spo", "grpo")) -> d
     (root / "summary.json").write_text(json.dumps(sweep, indent=1, allow_nan=False) + "\n")
     (root / "summary.md").write_text("# spo_lab learning-rate sweep\n\n" + sweep_markdown(sweep) + "\n![sweep](sweep.png)\n")
     return sweep
+
+
+# ====================================================================== the tool job
+TOOL_KEYS = {"call_rate": "eval_tool/call_rate", "acc_with_tool": "eval_tool/acc_with_tool",
+             "acc_without_tool": "eval_tool/acc_without_tool"}
+"""The held-out tool metrics a ``--tool python`` run logs at each evaluation (:mod:`spo_lab.train`), by short name."""
+
+
+def tool_per_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, seed): tool-call rate and accuracy with / without a call at the first and last evaluation
+    (NaN where no response of that kind was sampled)."""
+    rows = []
+    for (run, seed), s in df.groupby(["run", "seed"], sort=False):
+        ev = s.sort_values("step").dropna(subset=[SAMPLED_ACC])
+        row = {"run": run, "seed": int(seed)}
+        for name, key in TOOL_KEYS.items():
+            col = ev[key] if key in ev else pd.Series([np.nan] * len(ev))
+            row[f"start_{name}"], row[f"final_{name}"] = float(col.iloc[0]), float(col.iloc[-1])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize_tool_runs(df: pd.DataFrame) -> dict:
+    """:func:`summarize_runs` (accuracy start -> end, gains, SPO - GRPO paired by seed), and per run ``tool``:
+    the tool-call rate and the accuracy with and without a call, start and end, with 95 % t-intervals over seeds,
+    and the change of the call rate paired by seed."""
+    summary = summarize_runs(df)
+    table = tool_per_seed(df)
+    for run, e in summary["runs"].items():
+        t = table[table.run == run].sort_values("seed")
+        e["tool"] = {c: mean_ci(t[c].tolist()) for c in t.columns if c not in ("run", "seed")}
+        e["tool"]["gain_call_rate"] = mean_ci((t.final_call_rate - t.start_call_rate).tolist())
+    return summary
+
+
+def tool_markdown(summary: dict) -> str:
+    """The tool job's tables: accuracy start -> end, tool-call rate, accuracy with / without a call, the paired
+    difference and the cost."""
+    st, runs = summary["settings"], summary["runs"]
+    k = st["eval_samples"]
+    lrs = ", ".join(sorted({f"{e['lr']:g}" for e in runs.values()}))
+    lines = [
+        f"Task `arith_tool` (multiplication, 2 x 1 to 3 x 3 digits) from `data/tiny-qwen3-tool`, the Python tool "
+        f"on (ReTool format, <= {st.get('max_turns', 8)} turns). {st['responses_per_step']} responses per step for "
+        f"every run, {st['steps']} steps, lr {lrs} for every run; "
+        f"{len(next(iter(runs.values()))['seeds'])} seeds. Held-out: the {st['eval_prompts']} {st['eval_split']} "
+        f"prompts, avg@{k} at T = {st['temperature']}, greedy beside it; the tool columns are over the avg@{k} "
+        "samples. Intervals are 95 % t-intervals over seeds.", "",
+        f"| run | avg@{k} start | avg@{k} end | gain [95% CI] | greedy start | greedy end | greedy gain [95% CI] |",
+        "|---|---|---|---|---|---|---|"]
+    for run, e in runs.items():
+        lines.append(f"| {run} | {_fmt_sd(e['start_avg'])} | {_fmt_sd(e['final_avg'])} | "
+                     f"{_fmt_ci(e['gain_avg'], sign=True)} | {_fmt_sd(e['start_greedy'])} | "
+                     f"{_fmt_sd(e['final_greedy'])} | {_fmt_ci(e['gain_greedy'], sign=True)} |")
+    lines += ["", "| run | tool-call rate start | end | change [95% CI] | accuracy with a call, start -> end | "
+                  "without a call, start -> end |", "|---|---|---|---|---|---|"]
+    for run, e in runs.items():
+        t = e["tool"]
+        lines.append(f"| {run} | {_fmt_sd(t['start_call_rate'])} | {_fmt_sd(t['final_call_rate'])} | "
+                     f"{_fmt_ci(t['gain_call_rate'], sign=True)} | {_fmt_sd(t['start_acc_with_tool'])} -> "
+                     f"{_fmt_sd(t['final_acc_with_tool'])} | {_fmt_sd(t['start_acc_without_tool'])} -> "
+                     f"{_fmt_sd(t['final_acc_without_tool'])} |")
+    for run, d in summary.get("vs_grpo", {}).items():
+        lines += ["", f"**{run} - grpo, paired by seed** (seeds {d['seeds']}): avg@{k} {_fmt_ci(d['avg'], sign=True)}, "
+                      f"greedy {_fmt_ci(d['greedy'], sign=True)}."]
+    levels = sorted({c.split("/", 1)[1] for e in runs.values() for c in e if c.startswith("final_avg/")})
+    if levels:
+        lines += ["", f"Per level, avg@{k} (mean over seeds), start -> end:", "",
+                  "| run | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
+        for run, e in runs.items():
+            lines.append(f"| {run} | " + " | ".join(
+                f"{e[f'start_avg/{lv}']['mean']:.3f} -> {e[f'final_avg/{lv}']['mean']:.3f}" for lv in levels) + " |")
+    lines += ["", "| run | responses | incl. offline init | s / step (this machine, one thread) | offline init (min) |",
+              "|---|---|---|---|---|"]
+    for run, e in runs.items():
+        lines.append(f"| {run} | {e['responses']['mean']:,.0f} | {e['responses_incl_init']['mean']:,.0f} | "
+                     f"{e['sec_per_step']['mean']:.2f} | {e['offline_seconds']['mean'] / 60:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tool_report(root: Path, df: pd.DataFrame, wall_seconds: float | None = None, figures: bool = True) -> dict:
+    """The tool job's ``summary.json``, ``summary.md`` and figures (accuracy and tool use against responses)."""
+    from .figures import tool_figures
+
+    root = Path(root)
+    summary = summarize_tool_runs(df)
+    cfg = json.loads(next(root.glob("runs/*/seed*/config.json")).read_text())
+    summary["settings"] = _settings(root) | {k: cfg[k] for k in ("task", "model", "max_turns", "max_tool_chars", "lr")}
+    for run in summary["runs"]:
+        summary["runs"][run]["lr"] = json.loads(next((root / "runs" / run).glob("seed*/config.json")).read_text())["lr"]
+    if wall_seconds is not None:
+        summary["wall_minutes"] = wall_seconds / 60
+    summary["figures"] = tool_figures(root, df, summary) if figures else []
+    summary["settings"]["model"] = Path(summary["settings"]["model"]).name  # no machine paths in the summary
+    (root / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    md = ["# spo_lab with a Python tool: the tiny model learns to call it", "",
+          "Written by `python -m spo_lab.experiment --tool-job` from `summary.json` in this folder.", ""]
+    if wall_seconds is not None:
+        md += [f"Whole job: {wall_seconds / 60:.1f} min wall time.", ""]
+    md += [tool_markdown(summary), *[f"![{n}]({n})" for n in summary["figures"]]]
+    (root / "summary.md").write_text("\n".join(md) + "\n")
+    return summary
 
 
 README_BLOCKS = {"tiny-results": ("results/tiny/summary.json", results_markdown),

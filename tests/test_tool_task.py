@@ -246,5 +246,32 @@ def test_the_qwen3_tool_profile_fits_one_80gb_gpu():
     assert PROFILES["gpu80-tool"].estimate().total_gb < PROFILES["gpu80-tool"].gpu_memory_gb
 
 
+def test_the_tool_report_pairs_seeds_and_reads_tool_use_start_to_end():
+    import pandas as pd
+
+    from spo_lab.report import summarize_tool_runs, tool_markdown
+
+    rows = []
+    for run, end in (("spo-n0-0", 0.9), ("grpo", 0.8)):
+        for seed in range(3):
+            for step, rate in ((0, 0.25), (20, 0.5), (40, end)):
+                rows.append({"run": run, "seed": seed, "step": step, "responses": 64 * step,
+                             "responses_incl_init": 64 * step, "eval/sampled_acc": rate * 0.8 + 0.01 * seed,
+                             "eval/greedy_acc": 0.5, "eval_tool/call_rate": rate, "eval_tool/acc_with_tool": 0.8,
+                             "eval_tool/acc_without_tool": 0.0 if step == 0 else None, "reward/mean": rate,
+                             "reward/var": 0.1, "adv/raw_var": 0.1, "time/generate": 1.0})
+    summary = summarize_tool_runs(pd.DataFrame(rows))
+    tool = summary["runs"]["spo-n0-0"]["tool"]
+    assert tool["start_call_rate"]["mean"] == 0.25 and tool["final_call_rate"]["mean"] == pytest.approx(0.9)
+    assert tool["gain_call_rate"]["mean"] == pytest.approx(0.65) and tool["final_acc_without_tool"]["n"] == 0
+    assert summary["vs_grpo"]["spo-n0-0"]["avg"]["mean"] == pytest.approx(0.08)
+    summary["settings"] = {"eval_samples": 4, "responses_per_step": 64, "steps": 40, "eval_prompts": 200,
+                           "eval_split": "test", "temperature": 1.0, "max_turns": 8}
+    for e in summary["runs"].values():
+        e["lr"] = 1e-4
+    md = tool_markdown(summary)
+    assert "| spo-n0-0 | 0.250 ± 0.000 | 0.900 ± 0.000 | +0.650" in md and "0.000 -> -" in md
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
