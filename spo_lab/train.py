@@ -54,6 +54,7 @@ import json
 import math
 import os
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -67,6 +68,8 @@ from tqdm import tqdm  # plain bars: tqdm.auto warns (with a local path) in note
 from transformers.utils import logging as hf_logging
 
 from .algorithms import Algorithm, GroupBaseline
+from .collector import AsyncCollector
+from .tools.latency import InjectedLatency, parse_latency
 from .distributed import ONE, World, init_world, state_checksum
 from .divergence import KLClock, ResponseCache
 from .engines import ENGINES, build_engine
@@ -237,6 +240,15 @@ class Config:
     """show a tqdm progress bar"""
     sample_rows: int = 16
     """training rows written to samples.jsonl at every evaluation step (prompt, completion, reward, advantage)"""
+    # ------------------------------------------------------------------ collection (spo_lab.collector)
+    collector: str = "sync"
+    """sync (draw, generate the batch, wait for all of it) | async (trajectories in flight; batches of the first finished)"""
+    max_staleness: int = 1
+    """--collector async: the most policy versions a trained response may be behind (0 = the sync run, bit for bit)"""
+    max_in_flight: int = 0
+    """--collector async: most trajectories running at once (0 = responses per step x (max staleness + 1))"""
+    collect_timeout_s: float = 600.0
+    """--collector async: stop with an error when no trajectory finishes for this long (a stuck generation or tool)"""
 
     def validate(self) -> None:
         """Check every setting; ValueError naming the flag (``--field-name``) otherwise."""
@@ -288,6 +300,14 @@ class Config:
             bad("vllm_max_model_len", "must be >= 0")
         if self.vllm_sleep and self.engine != "vllm":
             bad("vllm_sleep", "needs --engine vllm")
+        one_of("collector", ("sync", "async"))
+        if self.collector == "async" and self.vllm_sleep:
+            bad("vllm_sleep", "cannot be used with --collector async (the collector samples during the update)")
+        for name in ("max_staleness", "max_in_flight"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        if not (math.isfinite(self.collect_timeout_s) and self.collect_timeout_s > 0):
+            bad("collect_timeout_s", "must be a finite number > 0")
         if bool(self.engine_url) != (self.engine == "vllm-server"):
             bad("engine_url", "is required with --engine vllm-server and refused with any other engine")
         if self.engine == "vllm-server" and not self.lora_rank:
@@ -328,6 +348,8 @@ class Config:
 
 
 # ====================================================================== what a step logs (names: spo_lab.keys)
+COLLECTOR_FILE = "collector.json"
+"""``--collector async``: trajectories admitted, finished, consumed, aborted at the end (per level), staleness histogram."""
 SAMPLES_FILE = "samples.jsonl"
 """Per evaluation step, the first ``--sample-rows`` rows of that step's training batch (see :func:`train`)."""
 
@@ -378,6 +400,7 @@ class Run:
     offline_responses: int = 0
     offline_info: dict = dataclasses.field(default_factory=dict)
     world: World = ONE  # the processes training together (spo_lab.distributed); ONE: this process alone
+    lock: object = dataclasses.field(default_factory=threading.RLock)  # the method's state, when a collector shares it
 
 
 @dataclass
@@ -392,7 +415,8 @@ class Batch:
 
 # ====================================================================== one step
 def train_step(run: Run, step: int) -> tuple[dict, Batch]:
-    """One RL step: draw -> baselines -> generate -> reward -> advantages -> update -> D, tracker -> sync.
+    """One RL step: draw -> baselines -> generate, then :func:`learn`: reward -> advantages -> update ->
+    D, tracker -> sync.
 
     ``step`` counts the updates made so far (the policy version that samples this step). Returns the
     step's metrics row (without ``step``) and its batch.
@@ -407,17 +431,39 @@ def train_step(run: Run, step: int) -> tuple[dict, Batch]:
         rollouts = run.engine.generate([run.problems[i].prompt for i in mine.tolist()], algo.group,
                                        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         rollouts = rollouts.tagged(mine, algo.group, policy_version=step)  # rows -> prompt ids, weights' version
+    return learn(run, m, rollouts, baselines)
+
+
+def async_train_step(run: Run, step: int) -> tuple[dict, Batch]:
+    """One step of ``--collector async``: the batch is the first B prompts' responses to finish
+    (:mod:`spo_lab.collector`: drawn, their baselines read and sampled while earlier steps trained),
+    then the same :func:`learn`. ``time/generate`` is the time the step waited for its batch."""
+    m = {}
+    with phase(m, "generate"):
+        rollouts, baselines, collected = run.engine.next_batch(step)  # tagged rows [R], baselines [R] read at draw
+    m, batch = learn(run, m, rollouts, baselines)
+    return m | collected, batch
+
+
+def learn(run: Run, m: dict, rollouts: Rollouts, baselines: torch.Tensor) -> tuple[dict, Batch]:
+    """The step after collection: reward -> advantages -> update -> D, tracker -> sync.
+
+    ``rollouts``: this process's rows ``[R_mine]``, tagged with prompt ids; ``baselines``: ``[R]`` of the
+    whole batch, read when the prompts were drawn. Fills the metrics row ``m``; returns it and the batch."""
+    algo, cfg, world = run.algo, run.cfg, run.world
     with phase(m, "reward"):
         rows = [run.problems[i] for i in rollouts.prompt_index.tolist()]
         rewards = torch.tensor(run.task.reward(rollouts.texts, rows), dtype=torch.float64)  # the task's check
         rollouts, rewards = world.gather_batch(rollouts, rewards, pad_id=run.tokenizer.pad_token_id)  # all R rows
         adv, adv_raw = algo.advantages(rewards, baselines)  # [R] normalised, and r - baseline before it
+    row_ids = rollouts.prompt_index  # [R] the prompt of each row
     with engine_asleep(run.engine, cfg.vllm_sleep):  # colocated vLLM frees its memory for update and D
         with phase(m, "update"):
             loss_stats = ppo_update(run.policy, run.optimizer, rollouts, adv, run.ppo, run.gen, run.ref_model, world)
         with phase(m, "tracker"):  # AFTER the update: D measures how far it moved the policy
             d = run.d_estimator.observe(run.logprob_fn, row_ids, rollouts) if run.d_estimator else None
-            algo.observe(row_ids, rewards, d)  # [R] evidence folded into the tracker (a no-op for groups)
+            with run.lock:  # an asynchronous collector reads the tracker while we write it
+                algo.observe(row_ids, rewards, d)  # [R] evidence folded into the tracker (a no-op for groups)
     with phase(m, "sync"):
         run.engine.sync_weights(run.policy)  # the next step samples the updated policy
     run.responses, run.tokens = run.responses + len(rollouts), run.tokens + rollouts.num_tokens
@@ -490,8 +536,30 @@ def _loop(run: Run, folder: RunFolder, on_step) -> Path:
         if "seconds" in run.offline_info:  # its wall time when it was computed, also when read from the cache
             row[OFFLINE_TIME] = run.offline_info["seconds"]
         _emit(folder, log, row, on_step)
+    step_fn = async_train_step if isinstance(run.engine, AsyncCollector) else train_step
+    try:
+        _steps(run, folder, bar, step_fn, log, samples, on_step)
+    finally:
+        if isinstance(run.engine, AsyncCollector):  # what was in flight is aborted, and counted
+            counts = run.engine.close()
+            if main:
+                (folder.path / COLLECTOR_FILE).write_text(json.dumps(counts, indent=1) + "\n")
+    if not main:
+        return folder.path
+    log.close()
+    samples.close()
+    if not cfg.keep_checkpoints:  # a finished run: its metrics and final model are the results
+        folder.remove_checkpoints(cfg.steps)
+    if cfg.save_model:
+        run.policy.save_pretrained(folder.path / "final_model")
+        run.tokenizer.save_pretrained(folder.path / "final_model")
+    return folder.path
+
+
+def _steps(run: Run, folder: RunFolder, bar, step_fn, log, samples, on_step) -> None:
+    cfg = run.cfg
     for step in bar:
-        m, batch = train_step(run, step)
+        m, batch = step_fn(run, step)
         run.world.check_same(lambda: state_checksum([run.algo.state_dict(), run.gen.get_state()]),
                              "the method's state (tracker, sampler, draws)")
         failpoint(f"step-rank{run.world.rank}")  # testing hook: a process that dies after a step
@@ -503,17 +571,8 @@ def _loop(run: Run, folder: RunFolder, on_step) -> Path:
             _write_samples(samples, run, step + 1, batch)
         _emit(folder, log, m, on_step)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
-            save_checkpoint(run, folder, step + 1)
-    if not main:
-        return folder.path
-    log.close()
-    samples.close()
-    if not cfg.keep_checkpoints:  # a finished run: its metrics and final model are the results
-        folder.remove_checkpoints(cfg.steps)
-    if cfg.save_model:
-        run.policy.save_pretrained(folder.path / "final_model")
-        run.tokenizer.save_pretrained(folder.path / "final_model")
-    return folder.path
+            with run.lock:  # the tracker and sampler as of this step boundary
+                save_checkpoint(run, folder, step + 1)
 
 
 def _emit(folder: RunFolder, log, row: dict, on_step) -> None:
@@ -532,9 +591,10 @@ def evaluate_policy(run: Run, step: int) -> dict:
     cfg, world = run.cfg, run.world
     mine = world.share(run.eval_problems)
     task = _ToolEvalTask(run.task) if tool_mode(cfg) == "python" else run.task  # + tool-call rate, acc with/without
-    out = accuracy(run.engine, task, mine, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                   seed=world.seed(cfg.seed * 1_000_003 + step), device=next(run.policy.parameters()).device,
-                   samples=cfg.eval_samples) if mine or world.size == 1 else {}
+    with run.engine.paused() if isinstance(run.engine, AsyncCollector) else nullcontext():  # its own seeded RNG
+        out = accuracy(run.engine, task, mine, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                       seed=world.seed(cfg.seed * 1_000_003 + step), device=next(run.policy.parameters()).device,
+                       samples=cfg.eval_samples) if mine or world.size == 1 else {}
     if task is not run.task and mine:
         out |= task.breakdown()
     return world.weighted_means(out, _eval_weights(run.task, mine, out))
@@ -624,7 +684,22 @@ def setup(cfg: Config, folder: RunFolder, *, task=None, engine=None, algorithm: 
     elif isinstance(run.algo, SPO) and cfg.offline_init:
         _offline_init(run, on_offline_chunk)
     policy.eval()
+    if cfg.collector == "async":
+        run.engine = start_collector(run)
     return run
+
+
+def start_collector(run: Run) -> AsyncCollector:
+    """``--collector async``: the run samples through an :class:`~spo_lab.collector.AsyncCollector` around its
+    engine (which still serves the evaluation and the offline pass, the collector paused meanwhile)."""
+    cfg = run.cfg
+    if run.world.size > 1:
+        raise UserError("--collector async runs in one process; with several processes use --collector sync")
+    return AsyncCollector(run.engine, run.policy, run.algo, [p.prompt for p in run.problems],
+                          batch_units=cfg.prompts_per_step, max_staleness=cfg.max_staleness,
+                          max_in_flight=cfg.max_in_flight, temperature=cfg.temperature,
+                          max_new_tokens=cfg.max_new_tokens, start_version=run.start,
+                          timeout_s=cfg.collect_timeout_s, breakdown=run.breakdown, lock=run.lock)
 
 
 def _claim(cfg: Config, folder: RunFolder, problems, world: World) -> dict | None:

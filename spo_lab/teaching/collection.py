@@ -25,7 +25,8 @@ from ..algorithms import GroupBaseline
 from ..collector import AsyncCollector
 from ..metrics import degenerate_mask
 
-__all__ = ["MODES", "PAPER_RATIO", "measure_collection", "busy_fractions"]
+__all__ = ["MODES", "MODE_LABELS", "PAPER_RATIO", "measure_collection", "busy_fractions", "plot_collection_timeline",
+           "plot_throughput_sweep"]
 
 MODES = ("group_sync", "single_sync", "single_async", "single_overprovisioned")
 PAPER_RATIO = 486.0 / 112.0
@@ -97,3 +98,64 @@ def busy_fractions(timeline: list[dict], seconds: float) -> dict:
     tool = [(a, b) for u in timeline for _, what, a, b in u["spans"] if what == "tool"]
     g, either = _union(gen), _union(gen + tool)
     return {"generate_busy": g / seconds, "tool_only": (either - g) / seconds, "idle": 1 - either / seconds}
+
+
+def plot_collection_timeline(result: dict, *, ax=None, max_rows: int = 48, title: str | None = None):
+    """A Gantt chart of one measured collection: a row per trajectory (first ``max_rows`` by admission),
+    its generation turns and tool calls as bars, a tick where its batch was handed over."""
+    import matplotlib.pyplot as plt
+
+    from ..palette import OTHER_COLORS as COLORS
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+    units = sorted(result["timeline"], key=lambda u: u["seq"])
+    row = 0
+    for u in units:
+        members = sorted({m for m, *_ in u["spans"]}) or [0]
+        for m in members:
+            if row >= max_rows:
+                break
+            for mm, what, a, b in u["spans"]:
+                if mm == m:
+                    ax.barh(row, b - a, left=a, height=0.8,
+                            color=COLORS["generate"] if what == "gen" else COLORS["tool"], linewidth=0)
+            ax.plot([u["handed"]], [row], marker="|", color=COLORS["handover"], markersize=6)
+            row += 1
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the collector started")
+    ax.set_ylabel("trajectory (by admission)")
+    ax.set_title(title or result["mode"], fontsize="medium")
+    from matplotlib.patches import Patch
+    from matplotlib.lines import Line2D
+
+    ax.legend(handles=[Patch(color=COLORS["generate"], label="generation turn (batched)"),
+                       Patch(color=COLORS["tool"], label="tool call (sandbox + injected wait)"),
+                       Line2D([], [], color=COLORS["handover"], marker="|", linestyle="", label="handed to the trainer")],
+              fontsize="x-small", loc="lower right")
+    return ax
+
+
+MODE_LABELS = {"group_sync": "group-synchronous (G = 8)", "single_sync": "single-stream, synchronous",
+               "single_async": "single-stream, asynchronous", "single_overprovisioned": "single-stream, 2B started"}
+
+
+def plot_throughput_sweep(sweep: list[dict], *, ax=None):
+    """Usable responses per second against the injected latency's sigma, one line per mode (a benchmark's
+    ``sweep`` list), with the paper's simulated ratio as text."""
+    import matplotlib.pyplot as plt
+
+    from ..palette import FALLBACK_COLORS, METHOD_COLORS
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2), layout="constrained")
+    colors = {"group_sync": METHOD_COLORS["grpo"], "single_async": METHOD_COLORS["spo"],
+              "single_sync": FALLBACK_COLORS[0], "single_overprovisioned": FALLBACK_COLORS[4]}
+    xs = [s["sigma"] for s in sweep]
+    for mode in MODES:
+        ax.plot(xs, [s["modes"][mode]["responses_per_s"] for s in sweep], marker="o", color=colors[mode],
+                label=MODE_LABELS[mode])
+    ax.set_xlabel("sigma of the injected lognormal tool latency (heavier ->)")
+    ax.set_ylabel("usable responses / s")
+    ax.legend(fontsize="x-small")
+    return ax
