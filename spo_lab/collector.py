@@ -54,6 +54,11 @@ Generation
 * A :class:`~spo_lab.tools.ToolEngine`: trajectories advance turn by turn. Every trajectory waiting for
   a turn joins one batched ``continue_tokens`` call; tool calls run concurrently in a thread pool (the
   work is in sandbox processes); a trajectory whose tool call returned waits for the next batched turn.
+* A streaming engine (one with ``submit(prefix, max_new_tokens=, temperature=, stop=, on_done=,
+  on_error=)``: vLLM's AsyncLLM, :mod:`spo_lab.engines.vllm_async`), alone or inside a ToolEngine: every
+  turn is its own request, submitted the moment its trajectory is ready and handed back the moment it
+  finishes; the engine batches the requests in flight itself. It holds its own weights, so nothing is
+  copied: ``sync_weights`` gives it the new adapter, which the requests submitted afterwards use.
 
 Killed and resumed; stuck work
 ------------------------------
@@ -78,7 +83,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .engines.base import Rollouts, concat_rollouts, encode_prompts
+from .engines.base import Rollouts, Turn, concat_rollouts, encode_prompts
+from .tools.engine import CODE_CLOSE, Trajectory, trajectory_rollouts, trajectory_stats
 from .keys import (ASYNC_FINISHED_WAITING, ASYNC_IN_FLIGHT, ASYNC_STALENESS_MAX, ASYNC_STALENESS_MEAN,
                    ASYNC_WAIT_DUE)
 
@@ -149,6 +155,8 @@ class AsyncCollector:
         else:
             self.engine = engine
         self.tools = hasattr(self.engine, "next_turns")  # a ToolEngine: turn-level scheduling
+        self.streamer = self.engine.engine if self.tools else self.engine
+        self.streaming = callable(getattr(self.streamer, "submit", None))  # per-request engine (vLLM AsyncLLM)
         self.lock = lock if lock is not None else threading.RLock()  # the method's state: draws and baselines
         # here, evidence folded in by the trainer under the same lock
         self._cond = threading.Condition()
@@ -161,6 +169,7 @@ class AsyncCollector:
         self._waves: list[Unit] = []  # plain engine: units waiting for their wave
         self._turns: list[tuple[Unit, int]] = []  # tool path: (unit, member) waiting for a turn
         self._tool_done: list = []  # tool path: (unit, member, result) back from the pool
+        self._turns_back: list = []  # streaming: (unit, member, turn) back from the engine
         self._paused, self._stopping = 0, False  # paused: how many paused() are open
         self._error: BaseException | None = None
         self._timeline: list[dict] = []
@@ -171,6 +180,8 @@ class AsyncCollector:
         self._last_tool_stats: dict = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, getattr(self.engine, "tool_workers", 1)),
                                         thread_name_prefix="spo-collect-tool") if self.tools else None
+        if self.streaming and self._copy is not None:
+            raise ValueError("a streaming engine holds its own weights: it needs no copy of the policy")
         self._thread = threading.Thread(target=self._work, name="spo-collector", daemon=True)
         self._thread.start()
 
@@ -349,7 +360,7 @@ class AsyncCollector:
             self._seq += 1
             self._units.append(u)
             self._busy.add(p)
-            if self.tools:
+            if self.tools or self.streaming:
                 self._turns += [(u, m) for m in range(self.G)]
             else:
                 self._waves.append(u)
@@ -359,6 +370,8 @@ class AsyncCollector:
     def _generate(self) -> bool:
         if self._paused:
             return False
+        if self.streaming:
+            return self._stream_round()
         return self._tool_round() if self.tools else self._wave()
 
     def _wave(self) -> bool:
@@ -395,13 +408,7 @@ class AsyncCollector:
             waiting, self._turns = self._turns, []
             if not waiting:
                 return bool(back)
-        tok = self.engine.tokenizer
-        for u, m in waiting:
-            if not u.trajs:
-                ids, mask = encode_prompts(tok, [self.prompts[u.prompt]])
-                u.trajs = [self.engine.start(ids[0][mask[0].bool()].tolist(), self.sampling["max_new_tokens"])
-                           for _ in range(self.G)]
-                u.versions = [None] * self.G
+        self._start_trajectories(waiting)
         with self._engine_lock:
             version = self._version
             t0 = time.monotonic() - self.t0
@@ -421,6 +428,65 @@ class AsyncCollector:
             self._cond.notify_all()
         return True
 
+    def _stream_round(self) -> bool:
+        """Streaming engine (``submit``): fold in returned turns and tool calls, then submit every
+        trajectory waiting for a turn as its own request, at once (the engine batches as it likes)."""
+        with self._cond:
+            turns, self._turns_back = self._turns_back, []
+            tools, self._tool_done = self._tool_done, []
+            for u, m, turn, t0, t1 in turns:
+                u.events.append((m, "gen", t0, t1))
+                if u.aborted:
+                    continue
+                code = self.engine.take_turn(u.trajs[m], turn) if self.tools else _append_turn(u.trajs[m], turn)
+                if code is None:
+                    self._member_done(u)
+                else:
+                    self._pool.submit(self._call_tool, u, m, code)
+            for u, m, res, t0, t1 in tools:
+                u.events.append((m, "tool", t0, t1))
+                if u.aborted:
+                    continue
+                if self.engine.take_tool_result(u.trajs[m], res):
+                    self._turns.append((u, m))
+                else:
+                    self._member_done(u)
+            waiting, self._turns = self._turns, []
+            self._cond.notify_all()
+        if not waiting:
+            return bool(turns or tools)
+        self._start_trajectories(waiting)
+        with self._engine_lock:
+            version = self._version
+            for u, m in waiting:
+                t = u.trajs[m]
+                if u.versions[m] is None:
+                    u.versions[m] = version
+                self.streamer.submit(t.prefix, max_new_tokens=t.room, temperature=self.sampling["temperature"],
+                                     stop=CODE_CLOSE if self.tools else None, on_error=self._fail,
+                                     on_done=self._turn_back(u, m, time.monotonic() - self.t0))
+        return True
+
+    def _turn_back(self, u: Unit, m: int, t0: float):
+        def done(turn: Turn) -> None:  # called from the engine's thread
+            with self._cond:
+                self._turns_back.append((u, m, turn, t0, time.monotonic() - self.t0))
+                self._cond.notify_all()
+        return done
+
+    def _fail(self, err: BaseException) -> None:
+        with self._cond:
+            self._error = err
+            self._cond.notify_all()
+
+    def _start_trajectories(self, waiting: list[tuple[Unit, int]]) -> None:
+        for u, _ in waiting:
+            if not u.trajs:
+                ids, mask = encode_prompts(self.engine.tokenizer, [self.prompts[u.prompt]])
+                u.trajs = [Trajectory(ids[0][mask[0].bool()].tolist(), self.sampling["max_new_tokens"])
+                           for _ in range(self.G)]
+                u.versions = [None] * self.G
+
     def _call_tool(self, u: Unit, m: int, code: str) -> None:
         t0 = time.monotonic() - self.t0
         res = self.engine.run_tool(code)  # never raises: a failure is a result
@@ -433,7 +499,7 @@ class AsyncCollector:
         if u.running == 0:
             tok = self.engine.tokenizer
             ids, mask = encode_prompts(tok, [self.prompts[u.prompt]])
-            ro = self.engine.rollouts(u.trajs, ids.repeat(self.G, 1), mask.repeat(self.G, 1), self.G)
+            ro = trajectory_rollouts(tok, u.trajs, ids.repeat(self.G, 1), mask.repeat(self.G, 1), self.G)
             ro = Rollouts(**{**vars(ro), "prompt_index": torch.full((self.G,), u.prompt),
                              "policy_version": torch.tensor(u.versions, dtype=torch.long)})
             self._finish(u, ro, time.monotonic() - self.t0)
@@ -464,10 +530,18 @@ class AsyncCollector:
     def _tool_stats(self, units: list[Unit]) -> dict:
         if not self.tools:
             return {}
-        from .tools.engine import trajectory_stats
-
         self.engine.last_stats = trajectory_stats([t for u in units for t in u.trajs])
         return self.engine.tool_metrics()
+
+
+def _append_turn(traj: Trajectory, turn: Turn) -> None:
+    """A plain engine's whole response, as one turn: appended, and the trajectory is done (returns None)."""
+    ids = list(turn.token_ids)[: traj.room]
+    traj.resp += ids
+    traj.logp += [float(x) for x in turn.logprobs][: len(ids)]
+    traj.policy += [1] * len(ids)
+    traj.turns, traj.done = traj.turns + 1, True
+    return None
 
 
 def _with_model(engine, model):

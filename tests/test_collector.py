@@ -331,3 +331,63 @@ def test_without_the_barrier_a_slow_trajectory_does_not_hold_up_the_batches():
     assert all(u["handed"] >= slow[0]["finished"] >= 1.5 for u in late)  # its batch waited for it
     # without the barrier, every batch went out while a straggler was still running (1.5 s each)
     assert asy["seconds"] < 1.5 and asy["aborted"] >= 1 and all(u["prompt"] % 4 for u in asy["timeline"])
+
+
+# ====================================================================== a streaming engine (submit per request)
+class Streamer:
+    """A per-request engine (the ``submit`` protocol of vLLM's AsyncLLM engine): each request finishes
+    on its own timer (``delays[prompt]``) and calls back from another thread; its weights' version is the
+    number of ``sync_weights`` calls, written into the text it returns."""
+
+    def __init__(self, tok, delays):
+        self.tokenizer, self.delays, self.version, self.model = tok, delays, 0, None
+        self.submitted = 0
+
+    def sync_weights(self, model) -> None:
+        self.version += 1
+
+    def continue_tokens(self, prefixes, *, max_new_tokens, temperature=1.0, greedy=False, top_k=0, top_p=1.0,
+                        stop=None):
+        out, done = [None] * len(prefixes), [threading.Event() for _ in prefixes]
+        for i, (p, b) in enumerate(zip(prefixes, max_new_tokens)):
+            self.submit(p, max_new_tokens=b, stop=stop, on_done=lambda t, i=i: (out.__setitem__(i, t), done[i].set()))
+        for e in done:
+            e.wait()
+        return out
+
+    def submit(self, prefix, *, max_new_tokens, temperature=1.0, greedy=False, stop=None, on_done, on_error=None):
+        self.submitted += 1
+        text = self.tokenizer.decode(prefix)
+        i = int(text[1 : text.index(":")])
+        if stop and "</interpreter>" not in text:
+            script = f"<code>{self.delays[i]}</code>"
+        else:
+            script = f"v{self.version}<eos>"
+        ids = self.tokenizer.encode(script, add_special_tokens=False)
+        k, why = cut_turn(self.tokenizer, ids, stop, budget=max_new_tokens)
+        threading.Timer(self.delays[i], on_done, args=(Turn(ids[:k], [-0.5] * k, why),)).start()
+
+
+@pytest.mark.parametrize("tools", [False, True])
+def test_a_streaming_engine_hands_back_responses_in_completion_order(tools):
+    tok = tool_tokenizer()
+    delays = [0.5 if i % 2 else 0.01 for i in range(16)]  # odd prompts are slow
+    streamer = Streamer(tok, delays)
+    engine = ToolEngine(streamer, SleepSandbox(), tool_workers=16) if tools else streamer
+    algo = Recording(16, 4, seed=0)
+    col = AsyncCollector(engine, None, algo, [f"p{i}:" for i in range(16)], batch_units=4, max_staleness=1,
+                         max_new_tokens=64, timeout_s=30)
+    try:
+        seen = drive(col, algo, 4)
+    finally:
+        col.close()
+    first = seen[0][0]
+    assert sum(int(p) % 2 == 0 for p in first.prompt_index.tolist()) >= 3  # the fast ones came first
+    for step, (ro, _, info) in enumerate(seen):
+        assert info["async/staleness_max"] <= 1
+        for text, v in zip(ro.texts, ro.policy_version.tolist()):
+            assert f"v{v}" in text or f"v{v + 1}" in text  # sampled with the adapter of its version (or the next turn's)
+        assert bool((ro.loss_mask.sum(1) > 0).all()) and not bool(ro.truncated.any())
+        if tools:
+            assert all("<interpreter>" in t for t in ro.texts)
+    assert algo.violations == []

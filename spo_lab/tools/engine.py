@@ -75,6 +75,7 @@ __all__ = [
     "ToolEngine",
     "Trajectory",
     "trajectory_stats",
+    "trajectory_rollouts",
     "Turn",
     "cut_turn",
     "extract_code",
@@ -350,26 +351,30 @@ class ToolEngine:
 
     def rollouts(self, trajs: list["Trajectory"], p_ids: Tensor, p_mask: Tensor, n: int = 1) -> Rollouts:
         """:class:`Rollouts` of finished trajectories; ``p_ids`` / ``p_mask`` ``[R, P]`` their left-padded prompts."""
-        tok = self.tokenizer
-        R = len(trajs)
-        T = max(1, max(len(t.resp) for t in trajs))
-        ids = torch.full((R, T), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((R, T), dtype=torch.long)
-        loss_mask = torch.zeros((R, T), dtype=torch.long)
-        lp = torch.zeros((R, T), dtype=torch.float32)
-        for r, t in enumerate(trajs):
-            k = len(t.resp)
-            if k:
-                ids[r, :k] = torch.tensor(t.resp, dtype=torch.long)
-                mask[r, :k] = 1
-                loss_mask[r, :k] = torch.tensor(t.policy, dtype=torch.long)
-                lp[r, :k] = torch.tensor(t.logp, dtype=torch.float32)
-        if not bool(torch.isfinite(lp).all()):
-            raise ValueError("the engine returned a non-finite log-prob for a sampled token")
-        ended_eos = torch.tensor([bool(t.resp) and t.resp[-1] == tok.eos_token_id and t.policy[-1] == 1
-                                  for t in trajs])
-        return Rollouts(
-            prompt_ids=p_ids, prompt_mask=p_mask, response_ids=ids, response_mask=mask, loss_mask=loss_mask,
-            logprobs=lp, texts=tok.batch_decode(ids, skip_special_tokens=True), truncated=~ended_eos,
-            prompt_index=torch.arange(R // n).repeat_interleave(n),
-        )
+        return trajectory_rollouts(self.tokenizer, trajs, p_ids, p_mask, n)
+
+
+def trajectory_rollouts(tok, trajs: list[Trajectory], p_ids: Tensor, p_mask: Tensor, n: int = 1) -> Rollouts:
+    """:class:`Rollouts` of finished trajectories (rows ``i*n .. i*n+n-1`` answer prompt i); ``p_ids`` /
+    ``p_mask`` ``[R, P]`` their left-padded prompts. ``truncated``: no <eos> sampled by the policy at the end."""
+    R = len(trajs)
+    T = max(1, max(len(t.resp) for t in trajs))
+    ids = torch.full((R, T), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((R, T), dtype=torch.long)
+    loss_mask = torch.zeros((R, T), dtype=torch.long)
+    lp = torch.zeros((R, T), dtype=torch.float32)
+    for r, t in enumerate(trajs):
+        k = len(t.resp)
+        if k:
+            ids[r, :k] = torch.tensor(t.resp, dtype=torch.long)
+            mask[r, :k] = 1
+            loss_mask[r, :k] = torch.tensor(t.policy, dtype=torch.long)
+            lp[r, :k] = torch.tensor(t.logp, dtype=torch.float32)
+    if not bool(torch.isfinite(lp).all()):
+        raise ValueError("the engine returned a non-finite log-prob for a sampled token")
+    ended_eos = torch.tensor([bool(t.resp) and t.resp[-1] == tok.eos_token_id and t.policy[-1] == 1 for t in trajs])
+    return Rollouts(
+        prompt_ids=p_ids, prompt_mask=p_mask, response_ids=ids, response_mask=mask, loss_mask=loss_mask,
+        logprobs=lp, texts=tok.batch_decode(ids, skip_special_tokens=True), truncated=~ended_eos,
+        prompt_index=torch.arange(R // n).repeat_interleave(n),
+    )
