@@ -25,7 +25,7 @@ import pandas as pd
 
 from spo_lab.experiment import COMMON, TOOL_SETTINGS, lr_for, run_all
 from spo_lab.keys import ASYNC_STALENESS_MEAN, RESPONSES, SAMPLED_ACC, STEP
-from spo_lab.report import load_results, mean_ci, train_seconds
+from spo_lab.report import async_markdown, load_results, mean_ci, train_seconds
 from spo_lab.train import Config
 
 ARMS = {"spo-sync": {"collector": "sync"}, "spo-async": {"collector": "async"}}
@@ -57,24 +57,17 @@ def summarize(df: pd.DataFrame, args) -> dict:
     a, b = (t[t.arm == k].set_index("seed").sort_index() for k in ("spo-async", "spo-sync"))
     arms = {k: {"start": mean_ci(g.start), "end": mean_ci(g.end), "gain": mean_ci(g.end - g.start),
                 "train_s": mean_ci(g.train_s), "responses": int(g.responses.iloc[0])} for k, g in (("spo-sync", b), ("spo-async", a))}
+    hist: dict[str, int] = {}
+    for f in sorted(Path(args.out).glob("runs/spo-async/seed*/collector.json")):
+        for k, v in json.loads(f.read_text())["staleness_hist"].items():
+            hist[k] = hist.get(k, 0) + v
+    curves = {f"{arm}/seed{seed}": {"responses": ev[RESPONSES].astype(int).tolist(), "avg": ev[SAMPLED_ACC].tolist(),
+                                   "train_s": train_seconds(s).loc[ev.index].tolist()}
+              for (arm, seed), s in df.groupby(["run", "seed"]) for ev in [s.sort_values(STEP).dropna(subset=[SAMPLED_ACC])]}
     return {"settings": {k: v for k, v in vars(args).items()}, "arms": arms, "per_seed": rows,
+            "staleness_hist": hist, "curves": curves,
             "async_minus_sync_end": mean_ci(a.end - b.end), "sync_over_async_train_time": mean_ci(b.train_s / a.train_s),
             "async_staleness_mean": float(a.staleness_mean.mean())}
-
-
-def markdown(s: dict) -> str:
-    f = lambda d, p=3: f"{d['mean']:.{p}f} [{d['ci95'][0]:.{p}f}, {d['ci95'][1]:.{p}f}]" if d["ci95"][0] is not None else f"{d['mean']:.{p}f}"  # noqa: E731
-    st = s["settings"]
-    lines = [f"SPO on arith_tool, {st['seeds']} seeds x {st['steps']} steps, injected tool latency {st['latency']}, "
-             f"max staleness {st['max_staleness']}; mean [95 % t-interval over seeds]", "",
-             "| collector | held-out avg@4 start | end | gain | training wall s (eval excluded) |", "|---|---|---|---|---|"]
-    for k in ("spo-sync", "spo-async"):
-        a = s["arms"][k]
-        lines.append(f"| {k.removeprefix('spo-')} | {f(a['start'])} | {f(a['end'])} | {f(a['gain'])} | {f(a['train_s'], 0)} |")
-    lines += ["", f"async - sync, final avg@4 (paired): {f(s['async_minus_sync_end'])}; "
-              f"sync / async training time (paired): {f(s['sync_over_async_train_time'], 2)}x; "
-              f"mean staleness of the async arm's rows: {s['async_staleness_mean']:.2f} versions"]
-    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -96,8 +89,8 @@ def main(argv=None) -> None:
     summary = summarize(load_results(args.out), args)
     summary["wall_seconds"] = time.perf_counter() - t0
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    Path(args.out, "summary.md").write_text(markdown(summary) + "\n")
-    print(markdown(summary))
+    Path(args.out, "summary.md").write_text(async_markdown(summary) + "\n")
+    print(async_markdown(summary))
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ METHOD_COLORS: dict[str, str] = {
 OTHER_COLORS: dict[str, str] = {
     "oracle": "#000000",  # the truth: true p, the oracle baseline r - p, the oracle sampler
     "thompson": "#AA4499",  # prioritised sampling with v drawn from Beta(alpha, beta)
-    "generate": "#56B4E9",  # sky blue: a generation turn of the measured collector
-    "tool": "#E69F00",  # orange: a tool call (sandbox and injected wait)
-    "handover": "#000000",  # a batch handed to the trainer
+    "generate": "#332288",  # indigo: a generation turn of the measured collector
+    "tool": "#DDCC77",  # sand: a tool call (sandbox and injected wait)
+    "handover": "#882255",  # wine: a batch handed to the trainer
 }
 
 # Other names of the same method or reference: each gets the colour of the name it maps to.

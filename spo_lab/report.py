@@ -30,7 +30,7 @@ from .keys import (ADV_RAW_VAR, DEGENERATE_FRAC, EVAL_TIME, GREEDY_ACC, NOT_STEP
 __all__ = ["PAPER", "load_results", "mean_ci", "per_seed_table", "time_to_accuracy", "summarize_runs", "runs_table",
            "results_markdown", "paper_markdown", "sweep_markdown", "write_report", "write_sweep_report",
            "README_BLOCKS", "readme_text", "train_seconds", "offline_seconds", "write_ablation_report",
-           "ablation_markdown", "summarize_tool_runs", "tool_markdown", "write_tool_report"]
+           "ablation_markdown", "async_markdown", "collection_markdown", "summarize_tool_runs", "tool_markdown", "write_tool_report"]
 
 PAPER = {
     "degenerate_share_start": 0.6,
@@ -555,10 +555,43 @@ def write_tool_report(root: Path, df: pd.DataFrame, wall_seconds: float | None =
     return summary
 
 
+def async_markdown(s: dict) -> str:
+    """The asynchronous-collector training comparison (``benchmarks/async_training.py``'s summary.json) as markdown."""
+    st = s["settings"]
+    lines = [f"SPO on arith_tool, {st['seeds']} seeds x {st['steps']} steps, injected tool latency "
+             f"`{st['latency']}` per call, max staleness {st['max_staleness']}; mean [95 % t-interval over seeds]", "",
+             "| collector | held-out avg@4 start | end | gain | training wall s (evaluation excluded) |",
+             "|---|---|---|---|---|"]
+    for k in ("spo-sync", "spo-async"):
+        a = s["arms"][k]
+        lines.append(f"| {k.removeprefix('spo-')} | {_fmt_ci(a['start'])} | {_fmt_ci(a['end'])} | "
+                     f"{_fmt_ci(a['gain'], sign=True)} | {_fmt_ci(a['train_s'], digits=0)} |")
+    lines += ["", f"async - sync, final avg@4 (paired by seed): {_fmt_ci(s['async_minus_sync_end'], sign=True)}; "
+              f"sync / async training time (paired): {_fmt_ci(s['sync_over_async_train_time'], digits=2)}x; "
+              f"mean staleness of the async arm's training rows: {s['async_staleness_mean']:.2f} versions", ""]
+    return "\n".join(lines)
+
+
+def collection_markdown(b: dict) -> str:
+    """``benchmarks/bench_async.py``'s JSON as markdown: usable responses per second per mode, ratios, where the time went."""
+    st = b["settings"]
+    lines = [f"{st['batches']} batches of {st['batch']} usable responses per mode, median of {st['repeats']} rounds, "
+             f"injected tool latency `{b['latency']}` per call", "",
+             "| mode | responses / s | x group_sync | generating | only tools running | idle | aborted |",
+             "|---|---|---|---|---|---|---|"]
+    for m, r in b["modes"].items():
+        lines.append(f"| {m} | {r['responses_per_s']:.2f} | {b['ratio_to_group_sync'][m]:.2f} | "
+                     f"{r['generate_busy']:.0%} | {r['tool_only']:.0%} | {r['idle']:.0%} | {r['aborted']:.0f} |")
+    lines += ["", f"The paper's simulation (24 samples, 48 rollouts started): {b['paper_ratio']:.2f}x.", ""]
+    return "\n".join(lines)
+
+
 README_BLOCKS = {"tiny-results": ("results/tiny/summary.json", results_markdown),
                  "tiny-sweep": ("results/tiny-sweep/summary.json", sweep_markdown),
                  "paper-vs-ours": ("results/tiny/summary.json", paper_markdown),
-                 "tiny-ablations": ("results/tiny-ablations/summary.json", ablation_markdown)}
+                 "tiny-ablations": ("results/tiny-ablations/summary.json", ablation_markdown),
+                 "async-collection": ("results/bench_async/bench.json", collection_markdown),
+                 "async-training": ("results/tiny-async/summary.json", async_markdown)}
 """README blocks (between ``<!-- name:start -->`` and ``<!-- name:end -->``) and what writes them."""
 
 
