@@ -221,7 +221,10 @@ def estimate_memory(
     if score_passes:
         notes.append(f"D re-scoring chunked to {r} rows per forward; all {score_passes * R} rows in one forward "
                      f"would need {score_passes * R * (s * V * b + 2 * T * V * 4) / GiB:,.0f} GiB")
-    if engine == "vllm":
+    if engine == "vllm-server":  # the server's GPUs hold the rollouts' weights and KV cache
+        engine_b, kv_cache, kv_tokens, generate = 0, 0.0, 0, 0
+        notes.append("rollouts from a vllm serve on other GPUs (--engine vllm-server): no generation memory here")
+    elif engine in ("vllm", "vllm-async"):
         engine_b = vllm_gpu_memory_utilization * gpu_memory_gb * GiB
         kv_cache = max(0.0, engine_b - n * b - 1.0 * GiB)
         kv_tokens = int(kv_cache // a.kv_bytes_per_token(b))

@@ -181,3 +181,14 @@ def test_train_from_a_profile_on_the_command_line(toy, tmp_path, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["lora_rank"] == profiles.PROFILES["colab"].overrides["lora_rank"]  # from the profile
     assert cfg["steps"] == 1 and cfg["engine"] == "hf"  # from the flags
+
+
+def test_a_vllm_server_engine_takes_no_generation_memory_on_the_trainers_gpu():
+    from spo_lab.profiles import estimate_memory
+
+    kw = dict(lora_rank=64, responses_per_step=64, mini_batches=8, max_new_tokens=2048)
+    server = estimate_memory("Qwen/Qwen3-8B", engine="vllm-server", **kw)
+    hf = estimate_memory("Qwen/Qwen3-8B", engine="hf", **kw)
+    colocated = estimate_memory("Qwen/Qwen3-8B", engine="vllm", **kw)
+    assert server.engine_gb == 0 and server.total_gb < hf.total_gb and server.total_gb < colocated.total_gb
+    assert any("vllm serve" in n for n in server.assumptions)
