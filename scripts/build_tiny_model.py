@@ -28,7 +28,7 @@ What it does, and what it simplifies:
 
 The tool target (issue 19: a tiny model that learns to call a Python tool)::
 
-    python scripts/build_tiny_model.py --target tool --seed 0 --out data --threads 1   # after the default target; ~3 min
+    python scripts/build_tiny_model.py --target tool --seed 0 --out data --threads 1   # after the default target; 3-6 min
 
 writes ``data/arith-tool/{train,validation,test}.jsonl`` (multiplication, :mod:`spo_lab.tasks.arith_tool`)
 and ``data/tiny-qwen3-tool/``: the addition model above with a tokenizer that also knows ``*``, the

@@ -590,6 +590,7 @@ README_BLOCKS = {"tiny-results": ("results/tiny/summary.json", results_markdown)
                  "tiny-sweep": ("results/tiny-sweep/summary.json", sweep_markdown),
                  "paper-vs-ours": ("results/tiny/summary.json", paper_markdown),
                  "tiny-ablations": ("results/tiny-ablations/summary.json", ablation_markdown),
+                 "tiny-tool": ("results/tiny-tool/summary.json", tool_markdown),
                  "async-collection": ("results/bench_async/bench.json", collection_markdown),
                  "async-training": ("results/tiny-async/summary.json", async_markdown)}
 """README blocks (between ``<!-- name:start -->`` and ``<!-- name:end -->``) and what writes them."""
