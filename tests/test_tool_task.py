@@ -114,6 +114,32 @@ def test_tool_checkpoint_is_small_and_its_build_is_recorded():
     assert digest in build
 
 
+def _build_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_tiny_model", ROOT / "scripts" / "build_tiny_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_build_scripts_tokenizer_is_the_bundled_one_and_traces_train_no_interpreter_token():
+    from transformers import AutoTokenizer
+
+    build = _build_script()
+    tok, saved = build.build_tool_tokenizer(), AutoTokenizer.from_pretrained(TOOL_MODEL)
+    assert tok.get_vocab() == saved.get_vocab()
+    problem = at.make_problem([347, 58], 3)
+    interpreter = "<interpreter>\n20126\n\n</interpreter>\n\n"
+    ids, labels = build.tool_sft_row(problem, tok, interpreter)
+    text = tok.decode(ids)
+    assert text == "347*58=<code>347*58</code>" + interpreter + "20126<eos>"
+    trained = tok.decode([i for i, lab in zip(ids, labels) if lab != -100])
+    assert trained == "<code>347*58</code>20126<eos>"  # no loss on the prompt or the interpreter output
+    ids, labels = build.tool_sft_row(problem, tok, None)
+    assert tok.decode([i for i, lab in zip(ids, labels) if lab != -100]) == "20126<eos>"
+
+
 @pytest.fixture(scope="module")
 def tool_engine():
     from spo_lab.engines.hf import HFEngine
