@@ -64,7 +64,8 @@ def summarize(df: pd.DataFrame, args) -> dict:
     curves = {f"{arm}/seed{seed}": {"responses": ev[RESPONSES].astype(int).tolist(), "avg": ev[SAMPLED_ACC].tolist(),
                                    "train_s": train_seconds(s).loc[ev.index].tolist()}
               for (arm, seed), s in df.groupby(["run", "seed"]) for ev in [s.sort_values(STEP).dropna(subset=[SAMPLED_ACC])]}
-    return {"settings": {k: v for k, v in vars(args).items()}, "arms": arms, "per_seed": rows,
+    return {"settings": {k: v for k, v in vars(args).items() if k not in ("quick", "report_only")}, "arms": arms,
+            "per_seed": rows,
             "staleness_hist": hist, "curves": curves,
             "async_minus_sync_end": mean_ci(a.end - b.end), "sync_over_async_train_time": mean_ci(b.train_s / a.train_s),
             "async_staleness_mean": float(a.staleness_mean.mean())}
@@ -87,7 +88,8 @@ def main(argv=None) -> None:
     if not args.report_only:
         run_all(configs(args), workers=2, progress=False)
     summary = summarize(load_results(args.out), args)
-    summary["wall_seconds"] = time.perf_counter() - t0
+    if not args.report_only:
+        summary["wall_seconds"] = time.perf_counter() - t0
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     Path(args.out, "summary.md").write_text(async_markdown(summary) + "\n")
     print(async_markdown(summary))

@@ -4,7 +4,9 @@ Not a test. Times the collection of the same number of usable responses with the
 tiny tool model), task (``arith_tool``), Python sandbox and latencies in four modes
 (:mod:`spo_lab.teaching.collection`): ``group_sync`` (G = 8, wait for the group), ``single_sync`` (wait
 for the batch), ``single_async`` (B trajectories always in flight, no barrier) and
-``single_overprovisioned`` (start 2B, keep the first B, as the paper's simulation). Latency is the real
+``single_overprovisioned`` (start 2B, keep the first B, as the paper's simulation). The asynchronous mode
+keeps its staleness bound (``--max-staleness``, 2 as in the training comparison): a slow trajectory is waited
+for at its deadline, never left behind. Latency is the real
 generation and sandbox time plus an optional INJECTED wait per tool call drawn from a named
 heavy-tailed law (``--latency``, see :mod:`spo_lab.tools.latency`), standing for the slow environments
 the paper has in mind. Modes run in turn, ``--repeats`` rounds, so a change in machine load hits all
@@ -52,6 +54,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-staleness", type=int, default=2, help="single_async's bound, as in training")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--tool-timeout-s", type=float, default=10.0)
     ap.add_argument("--num-threads", type=int, default=1)
@@ -72,7 +75,8 @@ def measure(args, engine, policy, task, problems, latency: str) -> dict:
                                              cap_s=args.tool_timeout_s)
             runs[mode].append(measure_collection(mode, engine, policy, task, problems, batch=args.batch,
                                                  batches=args.batches, group=args.group,
-                                                 max_new_tokens=args.max_new_tokens, seed=args.seed + r))
+                                                 max_new_tokens=args.max_new_tokens, seed=args.seed + r,
+                                                 max_staleness=args.max_staleness))
     modes = {}
     for mode, rs in runs.items():
         med = {k: statistics.median(x[k] for x in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}

@@ -329,8 +329,12 @@ def test_without_the_barrier_a_slow_trajectory_does_not_hold_up_the_batches():
     assert slow, "no straggler was drawn (pick another seed)"
     late = [u for u in sync["timeline"] if u["batch"] == slow[0]["batch"]]
     assert all(u["handed"] >= slow[0]["finished"] >= 1.5 for u in late)  # its batch waited for it
-    # without the barrier, every batch went out while a straggler was still running (1.5 s each)
-    assert asy["seconds"] < 1.5 and asy["aborted"] >= 1 and all(u["prompt"] % 4 for u in asy["timeline"])
+    # without the barrier, the batches before a straggler's deadline went out while it was still running;
+    # the staleness bound (2) then waits for it: it is trained on, late but not left behind
+    first = min((u for u in asy["timeline"] if u["prompt"] % 4 == 0), key=lambda u: u["seq"], default=None)
+    assert first is not None and first["batch"] - first["version"] <= 2
+    early = [u for u in asy["timeline"] if u["batch"] < first["batch"]]
+    assert early and all(u["handed"] < first["finished"] for u in early)
 
 
 # ====================================================================== a streaming engine (submit per request)

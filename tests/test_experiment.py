@@ -87,7 +87,9 @@ def test_summary_pairs_seeds_and_times_the_target(synthetic):
     json.dumps(s, allow_nan=False)  # plain JSON
 
 
-def test_readme_blocks_are_rewritten_from_the_summaries(tmp_path, synthetic):
+def test_readme_blocks_are_rewritten_from_the_summaries(tmp_path, synthetic, monkeypatch):
+    monkeypatch.setattr(rp, "README_BLOCKS", {k: rp.README_BLOCKS[k] for k in
+                                              ("tiny-results", "tiny-sweep", "paper-vs-ours", "tiny-ablations")})
     s = rp.summarize_runs(synthetic)
     s["settings"] = {"responses_per_step": 64, "steps": 20, "temperature": 1.0, "eval_prompts": 500,
                      "eval_samples": 8, "eval_every": 10}

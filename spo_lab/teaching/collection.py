@@ -6,11 +6,15 @@ The same engine, task, tool sandbox and injected latencies in every mode; only t
 - ``group_sync``: groups of G = 8 (B / G prompts), the batch waits for every member of every group;
 - ``single_sync``: B prompts, one response each, the batch waits for all of them;
 - ``single_async``: B trajectories always in flight; a batch is the first B to finish, and a finished
-  trajectory's slot is refilled at once (no barrier, :class:`~spo_lab.collector.AsyncCollector`);
+  trajectory's slot is refilled at once (no barrier, :class:`~spo_lab.collector.AsyncCollector`), under the
+  trainer's staleness bound (``max_staleness``, 2 by default): a trajectory must be in a batch at most that
+  many batches after the one it was started for, so a slow one is waited for at its deadline rather than
+  left behind (without a bound, the fast trajectories would be taken and the slow ones never, which is faster
+  only by being biased);
 - ``single_overprovisioned``: the paper's simulation: 2B started, the first B kept, the rest aborted.
 
-Collection only: no update runs between batches (the weights stay the same), so the asynchronous mode's
-staleness bound never binds. Usable responses are the responses handed over in batches; for the group
+Collection only: no update runs between batches (the weights stay the same), but the version still advances
+after every batch, so the asynchronous mode's staleness bound binds as in training. Usable responses are the responses handed over in batches; for the group
 mode also those in groups whose rewards are not all equal (the rest have zero advantage).
 """
 
@@ -33,21 +37,23 @@ PAPER_RATIO = 486.0 / 112.0
 """The paper's simulated speed-up of single-stream over group-synchronous collection (486 s vs 112 s)."""
 
 
-def _collector(mode: str, engine, prompts, batch: int, group: int, max_new_tokens: int, seed: int, timeout_s: float):
+def _collector(mode: str, engine, prompts, batch: int, group: int, max_new_tokens: int, seed: int, timeout_s: float,
+               max_staleness: int):
     gen = torch.Generator().manual_seed(seed)
     P = len(prompts)
     if mode == "group_sync":
         algo, K, over = GroupBaseline("grpo", group, P, batch // group, generator=gen), 0, 1
     else:
         algo = GroupBaseline("reinforce", 1, P, batch, generator=gen)
-        K, over = {"single_sync": (0, 1), "single_async": (10**9, 1), "single_overprovisioned": (0, 2)}[mode]
+        K, over = {"single_sync": (0, 1), "single_async": (max_staleness, 1), "single_overprovisioned": (0, 2)}[mode]
     return AsyncCollector(engine, None, algo, prompts, batch_units=batch // algo.group, max_staleness=K,
                           max_in_flight=batch * over, max_new_tokens=max_new_tokens, overprovision=over,
                           timeout_s=timeout_s)
 
 
 def measure_collection(mode: str, engine, policy, task, problems, *, batch: int = 32, batches: int = 4,
-                       group: int = 8, max_new_tokens: int = 64, seed: int = 0, timeout_s: float = 600.0) -> dict:
+                       group: int = 8, max_new_tokens: int = 64, seed: int = 0, timeout_s: float = 600.0,
+                       max_staleness: int = 2) -> dict:
     """Collect ``batches`` batches of ``batch`` usable responses in ``mode``; what it took.
 
     Returns ``responses_per_s`` (responses handed over / wall seconds from the start to the last batch),
@@ -59,7 +65,8 @@ def measure_collection(mode: str, engine, policy, task, problems, *, batch: int 
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if batch % group:
         raise ValueError(f"batch {batch} must be a multiple of the group size {group}")
-    col = _collector(mode, engine, [p.prompt for p in problems], batch, group, max_new_tokens, seed, timeout_s)
+    col = _collector(mode, engine, [p.prompt for p in problems], batch, group, max_new_tokens, seed, timeout_s,
+                     max_staleness)
     t0 = time.monotonic()
     responses = nondeg = 0
     try:
