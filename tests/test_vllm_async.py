@@ -4,7 +4,8 @@ The first tests (request settings, adapter bookkeeping, registration) need no vL
 The rest run in ``.venv-vllm`` (``bash scripts/ci_vllm.sh``) and skip where vLLM is not installed, unless
 ``SPO_REQUIRE_VLLM=1`` (set by the CI script) turns the skip into a failure. One engine serves the module
 (AsyncLLM always starts a separate engine-core process: ~20 s on 2 idle cores); the weight-sync tests run
-last, the full-weight one leaving the bundled weights behind.
+after the others, the full-weight one leaving the bundled weights behind; the last test trains through
+``python -m spo_lab.train --engine vllm-async`` in a subprocess (its own engine).
 """
 
 from __future__ import annotations
@@ -297,3 +298,26 @@ def test_lora_sync_fresh_adapter_per_version(engine):
         before = after
     assert len(set(names)) == 3 and [int(n.rsplit("-v", 1)[1]) for n in names] == [1, 2, 3]
     assert engine.adapters.current.lora_id == 3 and engine.syncs == 5  # 2 full-weight syncs before
+
+
+# ------------------------------------------------------------------------------------------------ the trainer
+def test_spo_trains_with_the_async_engine(tmp_path):
+    """`python -m spo_lab.train --engine vllm-async --lora-rank 4` end to end: the trainer's log-probs and the
+    engine's agree (ratio ~ 1 on the first mini-batch of every step), so it samples the policy being trained."""
+    import subprocess
+
+    import pandas as pd
+
+    if os.environ.get("SPO_REQUIRE_VLLM") != "1":
+        pytest.importorskip("vllm", reason="vLLM not installed (bash scripts/setup_vllm_cpu.sh)")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "spo_lab.train", "--engine", "vllm-async", "--lora-rank", "4", "--steps", "2",
+           "--responses-per-step", "32", "--eval-every", "2", "--eval-max-prompts", "32", "--no-offline-init",
+           "--no-progress", "--no-save-model", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_json(out / "metrics.jsonl", lines=True)
+    steps = df[df.step > 0]
+    assert steps.responses.tolist() == [32, 64]  # step 2 samples from the adapter synced after step 1
+    assert steps["loss/ratio_mean"].between(0.98, 1.02).all()
+    assert df["eval/greedy_acc"].notna().sum() == 2
