@@ -6,7 +6,9 @@ tiny tool model), task (``arith_tool``), Python sandbox and latencies in four mo
 for the batch), ``single_async`` (B trajectories always in flight, no barrier) and
 ``single_overprovisioned`` (start 2B, keep the first B, as the paper's simulation). The asynchronous mode
 keeps its staleness bound (``--max-staleness``, 2 as in the training comparison): a slow trajectory is waited
-for at its deadline, never left behind. Latency is the real
+for at its deadline, never left behind; ``single_async_unbounded`` drops the bound, to show what it costs. Here
+batches follow each other with no update in between, so a bound counted in batches binds much harder than in
+training (where an update separates them): ``benchmarks/async_training.py`` measures that. Latency is the real
 generation and sandbox time plus an optional INJECTED wait per tool call drawn from a named
 heavy-tailed law (``--latency``, see :mod:`spo_lab.tools.latency`), standing for the slow environments
 the paper has in mind. Modes run in turn, ``--repeats`` rounds, so a change in machine load hits all
@@ -51,7 +53,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--model", default=str(ROOT / "data" / "tiny-qwen3-tool"))
     ap.add_argument("--task", default="arith_tool")
     ap.add_argument("--batch", type=int, default=32, help="usable responses per batch (B)")
-    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-staleness", type=int, default=2, help="single_async's bound, as in training")

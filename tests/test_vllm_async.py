@@ -301,9 +301,12 @@ def test_lora_sync_fresh_adapter_per_version(engine):
 
 
 # ------------------------------------------------------------------------------------------------ the trainer
-def test_spo_trains_with_the_async_engine(tmp_path):
+@pytest.mark.parametrize("collector", ["sync", "async"])
+def test_spo_trains_with_the_async_engine(tmp_path, collector):
     """`python -m spo_lab.train --engine vllm-async --lora-rank 4` end to end: the trainer's log-probs and the
-    engine's agree (ratio ~ 1 on the first mini-batch of every step), so it samples the policy being trained."""
+    engine's agree (ratio ~ 1 on the first mini-batch of every step), so it samples the policy being trained.
+    With ``--collector async`` the asynchronous collector streams every response as its own request
+    (``submit``), one step ahead at most (``--max-staleness 1``)."""
     import subprocess
 
     import pandas as pd
@@ -313,7 +316,8 @@ def test_spo_trains_with_the_async_engine(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "spo_lab.train", "--engine", "vllm-async", "--lora-rank", "4", "--steps", "2",
            "--responses-per-step", "32", "--eval-every", "2", "--eval-max-prompts", "32", "--no-offline-init",
-           "--no-progress", "--no-save-model", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+           "--no-progress", "--no-save-model", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+           "--collector", collector, "--max-staleness", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_json(out / "metrics.jsonl", lines=True)
@@ -321,3 +325,7 @@ def test_spo_trains_with_the_async_engine(tmp_path):
     assert steps.responses.tolist() == [32, 64]  # step 2 samples from the adapter synced after step 1
     assert steps["loss/ratio_mean"].between(0.98, 1.02).all()
     assert df["eval/greedy_acc"].notna().sum() == 2
+    if collector == "async":
+        assert steps["async/staleness_max"].max() <= 1
+        counts = json.loads((out / "collector.json").read_text())
+        assert counts["consumed"] == 64 and counts["admitted"] == 64 + counts.get("aborted", 0)

@@ -11,7 +11,9 @@ The same engine, task, tool sandbox and injected latencies in every mode; only t
   many batches after the one it was started for, so a slow one is waited for at its deadline rather than
   left behind (without a bound, the fast trajectories would be taken and the slow ones never, which is faster
   only by being biased);
-- ``single_overprovisioned``: the paper's simulation: 2B started, the first B kept, the rest aborted.
+- ``single_overprovisioned``: the paper's simulation: 2B started, the first B kept, the rest aborted;
+- ``single_async_unbounded``: ``single_async`` without the staleness bound, what a collector that never
+  waits would deliver: the slow trajectories pile up in flight (counted as aborted when collection stops).
 
 Collection only: no update runs between batches (the weights stay the same), but the version still advances
 after every batch, so the asynchronous mode's staleness bound binds as in training. Usable responses are the responses handed over in batches; for the group
@@ -32,7 +34,7 @@ from ..metrics import degenerate_mask
 __all__ = ["MODES", "MODE_LABELS", "PAPER_RATIO", "measure_collection", "busy_fractions", "plot_collection_timeline",
            "plot_throughput_sweep"]
 
-MODES = ("group_sync", "single_sync", "single_async", "single_overprovisioned")
+MODES = ("group_sync", "single_sync", "single_async", "single_overprovisioned", "single_async_unbounded")
 PAPER_RATIO = 486.0 / 112.0
 """The paper's simulated speed-up of single-stream over group-synchronous collection (486 s vs 112 s)."""
 
@@ -45,7 +47,8 @@ def _collector(mode: str, engine, prompts, batch: int, group: int, max_new_token
         algo, K, over = GroupBaseline("grpo", group, P, batch // group, generator=gen), 0, 1
     else:
         algo = GroupBaseline("reinforce", 1, P, batch, generator=gen)
-        K, over = {"single_sync": (0, 1), "single_async": (max_staleness, 1), "single_overprovisioned": (0, 2)}[mode]
+        K, over = {"single_sync": (0, 1), "single_async": (max_staleness, 1), "single_overprovisioned": (0, 2),
+                   "single_async_unbounded": (10**9, 1)}[mode]
     return AsyncCollector(engine, None, algo, prompts, batch_units=batch // algo.group, max_staleness=K,
                           max_in_flight=batch * over, max_new_tokens=max_new_tokens, overprovision=over,
                           timeout_s=timeout_s)
@@ -144,7 +147,8 @@ def plot_collection_timeline(result: dict, *, ax=None, max_rows: int = 48, title
 
 
 MODE_LABELS = {"group_sync": "group-synchronous (G = 8)", "single_sync": "single-stream, synchronous",
-               "single_async": "single-stream, asynchronous", "single_overprovisioned": "single-stream, 2B started"}
+               "single_async": "single-stream, asynchronous (staleness <= 2)",
+               "single_overprovisioned": "single-stream, 2B started", "single_async_unbounded": "asynchronous, no bound"}
 
 
 def plot_throughput_sweep(sweep: list[dict], *, ax=None):
@@ -157,7 +161,8 @@ def plot_throughput_sweep(sweep: list[dict], *, ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.2), layout="constrained")
     colors = {"group_sync": METHOD_COLORS["grpo"], "single_async": METHOD_COLORS["spo"],
-              "single_sync": FALLBACK_COLORS[0], "single_overprovisioned": FALLBACK_COLORS[4]}
+              "single_sync": FALLBACK_COLORS[0], "single_overprovisioned": FALLBACK_COLORS[4],
+              "single_async_unbounded": FALLBACK_COLORS[6]}
     xs = [s["sigma"] for s in sweep]
     for mode in MODES:
         ax.plot(xs, [s["modes"][mode]["responses_per_s"] for s in sweep], marker="o", color=colors[mode],
