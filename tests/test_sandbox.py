@@ -339,3 +339,14 @@ def test_200_calls_leave_no_process_and_no_directory(box, work_root):
     assert _procs_of_uid(BOX_UID) <= procs_before
     print(f"per-call time over 200 calls: median {statistics.median(times) * 1e3:.1f} ms, "
           f"max {max(times) * 1e3:.1f} ms")
+
+
+def test_more_concurrent_calls_than_the_uid_process_limit_wait_their_turn(work_root):
+    """Calls that drop to one uid share its RLIMIT_NPROC; this process runs at most max_processes // 2 of them
+    at once, so a burst of concurrent calls (an asynchronous collector's) all run instead of failing to start."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    b = _make(timeout_s=10, memory_mb=256, max_processes=8, work_root=work_root)
+    with ThreadPoolExecutor(24) as pool:
+        res = list(pool.map(b.run, ["import time; time.sleep(0.2); print(6 * 7)"] * 24))
+    assert [r.output.strip() for r in res] == ["42"] * 24, [r.output for r in res if r.output.strip() != "42"][:2]
