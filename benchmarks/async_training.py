@@ -78,7 +78,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--max-staleness", type=int, default=2)
     ap.add_argument("--latency", default="lognormal:-1.6,1.0")
-    ap.add_argument("--tool-workers", type=int, default=16)
+    ap.add_argument("--tool-workers", type=int, default=8, help="per arm; the two arms of a seed run side by side and "
+                    "share the sandbox uid's process limit (16 concurrent calls at the default 32)")
     ap.add_argument("--out", default="results/tiny-async")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)

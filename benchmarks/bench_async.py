@@ -60,6 +60,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--tool-timeout-s", type=float, default=10.0)
     ap.add_argument("--num-threads", type=int, default=1)
+    ap.add_argument("--sandbox-uid", type=int, default=65534, help="uid (and gid) the sandbox drops to when run as "
+                    "root; its process limit is shared with every other sandbox of that uid on the machine")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timelines", action="store_true", help="keep every unit's spans in the JSON (Gantt charts)")
     args = ap.parse_args(argv)
@@ -110,7 +112,7 @@ def main(argv=None) -> None:
     policy, tok = load_policy(args.model, dtype="float32", device="cpu")
     task = get_task(args.task, tokenizer=tok)
     problems = task.load("train")
-    sandbox = PythonSandbox(timeout_s=args.tool_timeout_s, memory_mb=512)
+    sandbox = PythonSandbox(timeout_s=args.tool_timeout_s, memory_mb=512, uid=args.sandbox_uid, gid=args.sandbox_uid)
     print("sandbox protections:", sandbox.protections(), file=sys.stderr)
     engine = ToolEngine(HFEngine(policy, tok), InjectedLatency(sandbox, "none"), max_turns=8, max_tool_chars=256,
                         tool_workers=args.batch * 2)
