@@ -63,7 +63,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .engines.base import Rollouts
+from .engines.base import Rollouts, concat_rollouts
 from .errors import UserError
 
 __all__ = ["World", "ONE", "init_world", "state_checksum", "DistributedError", "TIMEOUT_ENV", "BACKEND_ENV"]
@@ -225,19 +225,8 @@ class World:
         own = {f.name: getattr(rollouts, f.name) for f in dataclasses.fields(rollouts)}
         own = {k: v.clone() if isinstance(v, Tensor) else v for k, v in own.items()}  # a view would send its base
         parts = self.gather_objects((own, rewards.clone()))
-        p = max(part["prompt_ids"].shape[1] for part, _ in parts)
-        t = max(part["response_ids"].shape[1] for part, _ in parts)
-        for part, _ in parts:
-            for name, value in (("prompt_ids", pad_id), ("prompt_mask", 0)):
-                x = part[name]
-                part[name] = torch.cat([x.new_full((x.shape[0], p - x.shape[1]), value), x], dim=1)
-            for name, value in (("response_ids", pad_id), ("response_mask", 0), ("loss_mask", 0),
-                                ("logprobs", 0.0)):
-                x = part[name]
-                part[name] = torch.cat([x, x.new_full((x.shape[0], t - x.shape[1]), value)], dim=1)
-        fields = {name: ([s for part, _ in parts for s in part[name]] if name == "texts"
-                         else torch.cat([part[name] for part, _ in parts])) for name in parts[0][0]}
-        return Rollouts(**fields), torch.cat([r for _, r in parts])
+        return (concat_rollouts([Rollouts(**part) for part, _ in parts], pad_id=pad_id),
+                torch.cat([r for _, r in parts]))
 
     def sharded(self, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         """``fn(*batch) -> [N, ...]``, each process computing a share of the N rows, gathered (one process: ``fn``)."""

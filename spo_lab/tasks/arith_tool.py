@@ -41,13 +41,13 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from dataclasses import fields as fields_of
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, shorten
-from .arith import parse_answer, prompt_pool
+from .arith import parse_answer, prompt_pool, save_problems  # noqa: F401 (JSON lines of any problem dataclass)
 from .base import content_id
 
 __all__ = ["ArithToolTask", "MulProblem", "LEVELS", "LEVEL_WEIGHTS", "DEFAULT_DATA_DIR", "SPLITS", "TOOL_TAGS",
@@ -126,13 +126,6 @@ def generate_problems(n: int, seed: int, *, level_weights: Mapping[int, float] |
     if len(out) < n:
         raise ValueError(f"found only {len(out)} new distinct prompts of {n} requested")
     return out
-
-
-def save_problems(problems: Iterable[MulProblem], path: str | Path) -> None:
-    """JSON lines, one object per problem with the fields of :class:`MulProblem`."""
-    with open(path, "w", encoding="utf-8") as f:
-        for p in problems:
-            f.write(json.dumps(asdict(p)) + "\n")
 
 
 def _checked(row: Any, where: str) -> MulProblem:
