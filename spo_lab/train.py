@@ -700,7 +700,8 @@ def start_collector(run: Run) -> AsyncCollector:
                           batch_units=cfg.prompts_per_step, max_staleness=cfg.max_staleness,
                           max_in_flight=cfg.max_in_flight, temperature=cfg.temperature,
                           max_new_tokens=cfg.max_new_tokens, start_version=run.start,
-                          timeout_s=cfg.collect_timeout_s, breakdown=run.breakdown, lock=run.lock)
+                          timeout_s=cfg.collect_timeout_s, breakdown=run.breakdown, lock=run.lock,
+                          turn_level=cfg.max_staleness > 0)  # K = 0: the synchronous run's own calls, bit for bit
 
 
 def _claim(cfg: Config, folder: RunFolder, problems, world: World) -> dict | None:

@@ -240,7 +240,7 @@ def test_an_error_in_the_collector_thread_reaches_the_trainer():
 # ====================================================================== the trainer
 def _same_run(a: Path, b: Path) -> None:
     ma, mb = (pd.read_json(p / "metrics.jsonl", lines=True) for p in (a, b))
-    cols = [c for c in ma.columns if not c.startswith(("time/", "async/"))]
+    cols = [c for c in ma.columns if not c.startswith(("time/", "async/")) and c != "tool/seconds_mean"]  # wall times
     pd.testing.assert_frame_equal(ma[cols], mb[cols], check_exact=True)
     wa, wb = (torch.load(p / "checkpoint.pt", weights_only=False)["model"] for p in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -254,6 +254,19 @@ def test_bound_zero_is_the_synchronous_run_bit_for_bit(toy, tmp_path, algo):
     _same_run(sync, asy)
     counts = json.loads((asy / "collector.json").read_text())
     assert counts["consumed"] == counts["admitted"] == 4 * (16 // (1 if algo == "spo" else 4))
+
+
+def test_bound_zero_is_the_synchronous_run_bit_for_bit_with_the_tool(tmp_path):
+    from test_tool_task import TOOL_MODEL
+
+    kw = dict(task="arith_tool", model=str(TOOL_MODEL), max_new_tokens=40, max_tool_chars=64, tool_timeout_s=10,
+              tool_memory_mb=512, tool_workers=16, responses_per_step=16, steps=3, eval_every=3, eval_max_prompts=8,
+              eval_samples=1, offline_init=False, progress=False, save_model=False, num_threads=1, lr=3e-4,
+              keep_checkpoints=True, cache_dir=str(tmp_path / "cache"))
+    sync = train(Config(out=str(tmp_path / "sync"), **kw))
+    asy = train(Config(out=str(tmp_path / "async"), collector="async", max_staleness=0, **kw))
+    _same_run(sync, asy)  # the tool/* metrics included
+    assert "tool/call_rate" in pd.read_json(asy / "metrics.jsonl", lines=True).columns
 
 
 def test_an_async_run_trains_with_staleness_within_its_bound(toy, tmp_path):
