@@ -8,7 +8,8 @@ code and printed text outputs; ``len(text.split())``) at :data:`WORDS_PER_MINUTE
 :data:`SECONDS_PER_FIGURE` per figure shown. :func:`summary_markdown` writes the statement that opens
 notebook 01 and the README's "Notebooks" section (a test keeps the three in agreement)::
 
-    python -m spo_lab.teaching.path      # the path, stop by stop, with its words, figures and minutes
+    python -m spo_lab.teaching.path            # the path, stop by stop, with its words, figures and minutes
+    python -m spo_lab.teaching.path --write    # and write that statement into notebook 01 and the README
 """
 
 from __future__ import annotations
@@ -114,9 +115,31 @@ def summary_markdown(path_stops: list[Stop]) -> str:
     return "\n".join(lines)
 
 
+README_MARKERS = ("<!-- reading-path:start -->\n", "\n<!-- reading-path:end -->")
+STATEMENT_CELL_ID = "reading-path"
+"""the id of notebook 01's cell that holds the statement"""
+
+
+def write_statement(statement: str) -> None:
+    """Put ``statement`` between the README's reading-path markers and into notebook 01's statement cell."""
+    readme = NOTEBOOKS.parent / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    start, end = README_MARKERS
+    head, rest = text.split(start, 1)
+    readme.write_text(head + start + statement + end + rest.split(end, 1)[1], encoding="utf-8")
+    nb_path = NOTEBOOKS / ORDER[0][0]
+    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    cell = next(c for c in nb["cells"] if c.get("id") == STATEMENT_CELL_ID)
+    cell["source"] = statement.splitlines(keepends=True)
+    nb_path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def main(argv=None) -> int:
     path_stops = stops()
-    print(summary_markdown(path_stops))
+    statement = summary_markdown(path_stops)
+    print(statement)
+    if "--write" in (sys.argv[1:] if argv is None else argv):
+        write_statement(statement)
     return 0
 
 
