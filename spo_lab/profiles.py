@@ -409,9 +409,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
               "GPU; each generates 128 responses and trains on 16 rows of each of the 8 mini-batches, one row per "
               "forward (a 10k-token row's logits take ~12 GiB). vLLM's KV cache holds ~8 of a GPU's 128 sequences at "
               "once: generation is the step's bottleneck. The offline init (8 x 14.1k prompts) is split across the "
-              "8 processes. Estimated, not measured: no GPU run exists yet, and a vLLM engine per torchrun process "
-              "may need vLLM's external_launcher executor (README, Several processes). Several nodes: the same per "
-              "GPU."),
+              "8 processes; each process's vLLM runs on its own GPU through vLLM's external_launcher executor. Estimated, "
+              "not measured: no GPU run exists yet (README, Several processes). Several nodes: the same per GPU."),
 ]}
 
 

@@ -780,6 +780,8 @@ def _build_engine(cfg: Config, policy, tokenizer, world: World = ONE):
                           ("max_model_len", cfg.vllm_max_model_len), ("enable_sleep_mode", cfg.vllm_sleep)) if v}
     if cfg.engine == "vllm-server":
         vllm_kwargs = {"url": cfg.engine_url}
+    if cfg.engine == "vllm" and world.size > 1:  # one colocated vLLM per process, on its own GPU (torchrun's)
+        vllm_kwargs["external_launcher"] = (world.rank, world.local_rank)
     return build_engine(cfg.engine, model=policy, tokenizer=tokenizer, model_path=cfg.model, dtype=cfg.dtype,
                         seed=world.seed(cfg.seed), **vllm_kwargs)
 

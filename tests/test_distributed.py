@@ -172,6 +172,82 @@ def test_a_process_that_stops_answering_ends_the_job_within_the_timeout(tmp_path
     assert "process 0 of 2: all_gather_object failed" in proc.stderr and "within 3 s" in proc.stderr, proc.stderr[-3000:]
 
 
+# ====================================================================== --engine vllm: one engine per process
+def _recording_vllm(monkeypatch, on_cpu: bool) -> list[dict]:
+    """A stand-in for the ``vllm`` package whose ``LLM(...)`` records its keyword arguments and the variables
+    vLLM's executors read (no vLLM here, and no GPU); returns the list the calls are appended to."""
+    import importlib
+    import types
+
+    calls: list[dict] = []
+
+    class LLM:
+        def __init__(self, **kw):
+            calls.append({"kwargs": kw, "env": {k: os.environ.get(k) for k in
+                                                ("RANK", "LOCAL_RANK", "VLLM_ENABLE_V1_MULTIPROCESSING")}})
+            core = type("InprocClient" if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" else "SyncMPClient",
+                        (), {})()
+            self.llm_engine = types.SimpleNamespace(engine_core=core)
+
+    mods = {name: types.ModuleType(name) for name in ("vllm", "vllm.inputs", "vllm.lora", "vllm.lora.request",
+                                                      "vllm.platforms")}
+    mods["vllm"].LLM, mods["vllm"].SamplingParams = LLM, object
+    mods["vllm.inputs"].TokensPrompt = dict
+    mods["vllm.lora.request"].LoRARequest = object
+    mods["vllm.platforms"].current_platform = types.SimpleNamespace(is_cpu=lambda: on_cpu)
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    # the engine module bound to the stand-in; the real one (or its absence) comes back when the test ends
+    monkeypatch.setitem(sys.modules, "spo_lab.engines.vllm", types.ModuleType("spo_lab.engines.vllm"))
+    del sys.modules["spo_lab.engines.vllm"]
+    importlib.import_module("spo_lab.engines.vllm")
+    import spo_lab.engines as engines_pkg
+
+    monkeypatch.setattr(engines_pkg, "vllm", sys.modules["spo_lab.engines.vllm"], raising=False)
+    for name in ("RANK", "LOCAL_RANK", "VLLM_ENABLE_V1_MULTIPROCESSING"):  # unset now, restored afterwards
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    return calls
+
+
+@pytest.mark.parametrize("on_cpu", [False, True], ids=["gpu-build", "cpu-build"])
+def test_vllm_engine_per_process_uses_the_external_launcher(toy, monkeypatch, on_cpu):
+    """``--engine vllm`` under torchrun: every process's vLLM is built with the external_launcher executor on
+    its own GPU (LOCAL_RANK) with its own seed; one process builds it exactly as before (no vLLM, no GPU here:
+    the LLM(...) calls are recorded, not run)."""
+    from spo_lab.models import load_policy
+    from spo_lab.train import Config, _build_engine
+
+    calls = _recording_vllm(monkeypatch, on_cpu)
+    policy, tok = load_policy(toy / "model")
+    cfg = Config(engine="vllm", model=str(toy / "model"), seed=5, vllm_max_model_len=64)
+    engines = []
+    for world in (ONE, World(rank=0, size=4, local_rank=0), World(rank=3, size=4, local_rank=1)):
+        for name in ("RANK", "LOCAL_RANK"):  # each process of a job starts with torchrun's variables unread
+            os.environ.pop(name, None)
+        engines.append(_build_engine(cfg, policy, tok, world))
+    today = dict(model=str(toy / "model"), dtype="float32", seed=5, logprobs_mode="processed_logprobs",
+                 generation_config="vllm", enable_sleep_mode=False, max_model_len=64,
+                 **({"kv_cache_memory_bytes": 1 << 30} if on_cpu else {"gpu_memory_utilization": 0.5}))
+    one, rank0, rank3 = calls
+    assert one == {"kwargs": today, "env": {"RANK": None, "LOCAL_RANK": None, "VLLM_ENABLE_V1_MULTIPROCESSING": None}}
+    assert not engines[0].in_process
+    for call, world in ((rank0, World(rank=0, size=4)), (rank3, World(rank=3, size=4))):
+        assert call["kwargs"] == {**today, "seed": world.seed(5), "distributed_executor_backend": "external_launcher",
+                                  "tensor_parallel_size": 1}
+    assert rank0["kwargs"]["seed"] == 5 and rank3["kwargs"]["seed"] not in (5, rank0["kwargs"]["seed"])
+    assert rank3["env"] == {"RANK": "3", "LOCAL_RANK": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert all(e.in_process and e.weight_sync == "iterator" for e in engines[1:])
+    assert os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") is None  # put back as it was
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "0")  # torchrun says GPU 0, the world says 1: refused, nothing built
+    with pytest.raises(ValueError, match="LOCAL_RANK=0 in the environment, but this process is 1"):
+        _build_engine(cfg, policy, tok, World(rank=3, size=4, local_rank=1))
+    assert len(calls) == 3
+    for e in engines:
+        e.close()
+
+
 # ====================================================================== other launchers: accelerate, MPI
 def _free_port() -> int:
     import socket

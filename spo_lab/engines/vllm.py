@@ -40,6 +40,11 @@ What it relies on in vLLM, and why:
   ``load_weights`` layer by layer and redoes the post-load processing, which is why the older
   ``model.load_weights(...)`` into a live model fails on the CPU backend with "'Parameter' object has no
   attribute 'weight_loader'"), called through ``LLM.collective_rpc``. See :meth:`VLLMEngine.sync_weights`.
+* **Several processes.** Under ``torchrun`` each process builds its own engine with
+  ``external_launcher=(rank, local_rank)`` (the trainer does): vLLM's ``external_launcher`` executor, one
+  worker in this process on ``cuda:<local_rank>``, tensor parallel size 1, each process its own seed -- the
+  layout of vLLM's torchrun examples and TRL's colocate mode. Without it, every process's vLLM would take
+  the default device. Not run on GPUs here.
 """
 
 from __future__ import annotations
@@ -101,6 +106,20 @@ def _mix_seed(*parts: int) -> int:
     return int.from_bytes(h[:8], "little") >> 1
 
 
+def _launcher_env(rank: int, local_rank: int, in_process: bool | None) -> bool:
+    """Check and complete what vLLM's external_launcher executor reads (``RANK``, ``LOCAL_RANK``); returns
+    ``in_process`` (that executor needs the engine core in this process: ``VLLM_ENABLE_V1_MULTIPROCESSING=0``)."""
+    if in_process is False:
+        raise ValueError("external_launcher needs vLLM's engine core in this process (in_process=True)")
+    for name, value in (("RANK", int(rank)), ("LOCAL_RANK", int(local_rank))):
+        have = os.environ.get(name)
+        if have is None:
+            os.environ[name] = str(value)
+        elif int(have) != value:
+            raise ValueError(f"external_launcher: {name}={have} in the environment, but this process is {value}")
+    return True
+
+
 class VLLMEngine:
     """Rollout engine on a vLLM ``LLM`` holding its own copy of the policy (CPU build or one GPU).
 
@@ -133,6 +152,14 @@ class VLLMEngine:
             ``"iterator"`` or ``"checkpoint"``; see :meth:`sync_weights`.
         sync_dir: where adapters and checkpoints for syncing are written (default: a fresh temp folder,
             removed by :meth:`close`). A RAM disk makes the checkpoint route cheaper.
+        external_launcher: ``(rank, local_rank)`` of this process in a ``torchrun`` job (its process group
+            already initialised), for one engine per process: vLLM is built with
+            ``distributed_executor_backend="external_launcher"`` and ``tensor_parallel_size=1``, so it starts
+            no worker of its own and runs on this process's GPU, ``cuda:<local_rank>`` (vLLM reads the rank and
+            the GPU from ``RANK`` / ``LOCAL_RANK``: set from these when absent, an error when they disagree).
+            That executor needs vLLM's engine core in this process, so ``in_process`` must be ``None`` or
+            ``True``. Each process should pass its own ``seed`` (the trainer does). ``None`` (default):
+            vLLM's own executor, the engine alone on its device.
         **vllm_kwargs: passed to ``vllm.LLM`` as they are (``max_model_len``, ``enforce_eager``,
             ``kv_cache_memory_bytes``, ...).
     """
@@ -142,7 +169,7 @@ class VLLMEngine:
         enable_lora: bool = False, max_lora_rank: int = 16, gpu_memory_utilization: float | None = None,
         enable_sleep_mode: bool = False, tokenizer=None, in_process: bool | None = None,
         weight_sync: Literal["auto", "iterator", "checkpoint"] = "auto", sync_dir: str | Path | None = None,
-        **vllm_kwargs,
+        external_launcher: tuple[int, int] | None = None, **vllm_kwargs,
     ):
         if weight_sync not in ("auto", "iterator", "checkpoint"):
             raise ValueError(f"weight_sync must be 'auto', 'iterator' or 'checkpoint', got {weight_sync!r}")
@@ -169,6 +196,9 @@ class VLLMEngine:
                 kw["kv_cache_memory_bytes"] = _CPU_KV_CACHE_BYTES
         else:
             kw["gpu_memory_utilization"] = 0.5
+        if external_launcher is not None:  # one vLLM per torchrun process, on that process's GPU
+            in_process = _launcher_env(*external_launcher, in_process)
+            kw.update(distributed_executor_backend="external_launcher", tensor_parallel_size=1)
         kw.update(vllm_kwargs)
 
         saved_env = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
