@@ -32,6 +32,14 @@ Metrics, per benchmark of P problems with n samples each, c_i of them correct fo
 - 95 % intervals: percentile bootstrap over problems (resampled with replacement, ``--bootstrap``
   resamples, seeded); the average over benchmarks resamples each benchmark independently.
 
+With the Python tool (``--tool python``, or ``--tool auto``, the default, for a task that needs it:
+``arith_tool``) the engine is the trainer's :class:`spo_lab.tools.ToolEngine` around the sampling engine, its
+sandbox built from the same ``--tool-*`` flags as ``python -m spo_lab.train`` (its protections printed at the
+start); the math task then takes its tool prompt and reward rules (``--style tool``). Every sample keeps its
+number of tool calls, and each benchmark reports its tool-call rate and its accuracy with and without a call.
+A task that needs the tool is refused without it (``--tool none``), and so is ``--style tool`` without the tool:
+its responses would be scored by rules written for another protocol.
+
 Correctness is ``task.reward`` (> 0.5) and the voted answer ``task.extract``: nothing here re-implements a
 task's answer check. Sampling runs on a forked, seeded RNG (:func:`spo_lab.engines.base.seeded`), so
 evaluating never changes a training run's random stream; each benchmark has its own seed (derived from
@@ -59,7 +67,7 @@ from .tasks.base import breakdown_key
 
 __all__ = ["accuracy", "sample_answers", "sample_completions", "pass_and_maj_curves", "PAPER_EVAL", "PAPER_MAJ32",
            "PAPER_AVG32_MEAN", "powers_of_two", "benchmark_metrics", "summarize", "evaluate_benchmarks",
-           "check_args", "remove_results", "main"]
+           "check_args", "remove_results", "tool_use", "tool_config", "TOOL_FLAGS", "main"]
 
 PAPER_EVAL = dict(temperature=0.6, top_p=0.95, top_k=20)
 """The paper's evaluation sampling settings."""
@@ -116,13 +124,17 @@ def sample_completions(engine, task, problems, n: int = 32, *, temperature: floa
     Generation goes in chunks of ``max(1, batch // n)`` problems (``batch`` responses per engine call).
     Returns a dict of ``[problems, n]`` arrays: ``texts`` (object), ``answers`` (object,
     ``task.extract``, None when a completion gives none), ``rewards`` (float64, ``task.reward``) and
-    ``truncated`` (bool, no <eos> within ``max_new_tokens``; False where the engine does not say).
+    ``truncated`` (bool, no <eos> within ``max_new_tokens``; False where the engine does not say); with a
+    :class:`spo_lab.tools.ToolEngine` also ``tool_calls`` (int, the tool calls that ran in each response).
     """
     if n < 1:
         raise ValueError(f"n (samples per problem) must be >= 1, got {n}")
     P = len(problems)
     out = {"texts": np.empty((P, n), dtype=object), "answers": np.empty((P, n), dtype=object),
            "rewards": np.zeros((P, n)), "truncated": np.zeros((P, n), dtype=bool)}
+    tool = _is_tool_engine(engine)
+    if tool:
+        out["tool_calls"] = np.zeros((P, n), dtype=np.int64)
     per = max(1, batch // n)
     with seeded(seed, device):
         for s in range(0, P, per):
@@ -136,7 +148,15 @@ def sample_completions(engine, task, problems, n: int = 32, *, temperature: floa
             out["rewards"][rows] = np.asarray(scores, dtype=np.float64).reshape(-1, n)
             if r.truncated is not None:
                 out["truncated"][rows] = r.truncated.numpy().astype(bool).reshape(-1, n)
+            if tool:  # the ToolEngine's statistics of the call just made, one per returned row
+                out["tool_calls"][rows] = engine.last_stats["calls"].numpy().astype(np.int64).reshape(-1, n)
     return out
+
+
+def _is_tool_engine(engine) -> bool:
+    from .tools import ToolEngine
+
+    return isinstance(engine, ToolEngine)
 
 
 def sample_answers(engine, task, problems, n: int = 32, *, temperature: float = 0.6, top_p: float = 0.95,
@@ -236,7 +256,8 @@ def summarize(samples_path, *, benchmarks=None, resamples: int = 2000, seed: int
     (:func:`benchmark_metrics`), their average when there are several and they share n (macro mean, as
     the paper's "Average" column; interval from the independent per-benchmark bootstraps), and the
     paper's numbers (:data:`PAPER_MAJ32`, :data:`PAPER_AVG32_MEAN`) as fractions, labelled as its
-    Qwen3-8B result.
+    Qwen3-8B result. Samples made with the tool (rows with ``tool_calls``) add each benchmark's ``tool`` use
+    (:func:`tool_use`).
     """
     by: dict[str, list] = defaultdict(list)
     for r in _read_samples(Path(samples_path)):
@@ -252,6 +273,8 @@ def summarize(samples_path, *, benchmarks=None, resamples: int = 2000, seed: int
         answers, correct = _arrays(by[b])
         table, boots[b] = benchmark_metrics(answers, correct, resamples=resamples, seed=_bench_seed(seed, b))
         out["benchmarks"][b] = {"problems": int(correct.shape[0]), "n": int(correct.shape[1]), "metrics": table}
+        if all("tool_calls" in r for r in by[b]):
+            out["benchmarks"][b]["tool"] = tool_use(by[b])
     if len(names) > 1 and len({out["benchmarks"][b]["n"] for b in names}) == 1:
         avg = {}
         for m in out["benchmarks"][names[0]]["metrics"]:
@@ -264,6 +287,35 @@ def summarize(samples_path, *, benchmarks=None, resamples: int = 2000, seed: int
                     "maj@32": {b: {m: v / 100 for m, v in d.items()} for b, d in PAPER_MAJ32.items()},
                     "avg@32_mean_over_benchmarks": {m: v / 100 for m, v in PAPER_AVG32_MEAN.items()}}
     return out
+
+
+def tool_use(rows: list[dict]) -> dict:
+    """A benchmark's tool use from its sample rows (each with ``tool_calls`` and ``correct``): ``call_rate``
+    (share of responses with a tool call that ran), ``calls_mean`` (calls per response), ``acc_with_tool`` and
+    ``acc_without_tool`` (share correct among the responses with and without a call; None where there are none)
+    -- the trainer's ``eval_tool/*`` held-out keys, over every sample."""
+    calls = np.array([r["tool_calls"] for r in rows], dtype=np.int64)
+    correct = np.array([r["correct"] for r in rows], dtype=bool)
+    used = calls > 0
+    mean = lambda x: float(x.mean()) if x.size else None  # noqa: E731
+    return {"responses": int(calls.size), "call_rate": float(used.mean()), "calls_mean": float(calls.mean()),
+            "acc_with_tool": mean(correct[used]), "acc_without_tool": mean(correct[~used])}
+
+
+def _tool_lines(summary: dict) -> list[str]:
+    """The tool-use table of ``summary.md`` (nothing when the samples were made without the tool)."""
+    rows = {b: d["tool"] for b, d in summary["benchmarks"].items() if "tool" in d}
+    if not rows:
+        return []
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = ["", "## Tool use", "", "Responses with a tool call that ran (percent), calls per response, and the "
+             "percent correct among responses with and without a call (every sample).", "",
+             "| benchmark | responses | tool-call rate | calls per response | correct with a call | "
+             "correct without |", "|---|---|---|---|---|---|"]
+    for b, t in rows.items():
+        lines.append(f"| {b} | {t['responses']} | {pct(t['call_rate'])} | {t['calls_mean']:.2f} | "
+                     f"{pct(t['acc_with_tool'])} | {pct(t['acc_without_tool'])} |")
+    return lines
 
 
 def _paper_ref(summary: dict, b: str):
@@ -316,6 +368,7 @@ def summary_markdown(summary: dict) -> str:
             if b == "average":
                 q = summary["paper"]["avg@32_mean_over_benchmarks"]
                 lines.append(f"{PAPER_LABEL}, avg@32: GRPO {100 * q['grpo']:.1f}, SPO {100 * q['spo']:.1f}")
+    lines += _tool_lines(summary)
     return "\n".join(lines) + "\n"
 
 
@@ -436,7 +489,8 @@ def evaluate_benchmarks(engine, task, benchmarks: dict, out, *, n: int = 32, tem
     """Sample, keep, score and report ``benchmarks`` (name -> problems) into the folder ``out``.
 
     Writes ``samples.jsonl`` (one row per sample: benchmark, problem index and id, sample index,
-    completion, extracted answer, gold answer, reward, correct, truncated), ``summary.json``,
+    completion, extracted answer, gold answer, reward, correct, truncated; with a
+    :class:`spo_lab.tools.ToolEngine`, the response's tool calls), ``summary.json``,
     ``summary.md`` and ``pass_at_k.png``. A benchmark whose n samples per problem are all already in
     ``samples.jsonl`` (same problem ids) is not sampled again; incomplete ones are redone. Settings are
     kept in ``run.json``: resuming with other settings is an error (use another ``out``).
@@ -470,7 +524,8 @@ def evaluate_benchmarks(engine, task, benchmarks: dict, out, *, n: int = 32, tem
                                max_new_tokens=max_new_tokens, batch=batch, seed=_bench_seed(seed, b), device=device)
         rows = [{"benchmark": b, "problem": i, "problem_id": p.id, "sample": j, "completion": s["texts"][i, j],
                  "answer": _jsonable(s["answers"][i, j]), "gold": p.answer, "reward": float(s["rewards"][i, j]),
-                 "correct": bool(s["rewards"][i, j] > 0.5), "truncated": bool(s["truncated"][i, j])}
+                 "correct": bool(s["rewards"][i, j] > 0.5), "truncated": bool(s["truncated"][i, j]),
+                 **({"tool_calls": int(s["tool_calls"][i, j])} if "tool_calls" in s else {})}
                 for i, p in enumerate(problems) for j in range(n)]
         _write_rows(path, rows, "append")
     summary = summarize(path, benchmarks=list(benchmarks), resamples=resamples, seed=seed, settings=settings)
@@ -525,8 +580,9 @@ def check_args(args) -> list[str]:
         bad("--device", "must be auto, cpu, cuda or cuda:N")
     if args.dtype not in (*DTYPES, "auto"):
         bad("--dtype", f"must be one of {(*DTYPES, 'auto')}")
-    if args.style not in ("boxed", "official"):
-        bad("--style", "must be boxed or official")
+    if args.style not in (None, "boxed", "official", "tool"):
+        bad("--style", "must be boxed, official or tool")
+    _check_tool_args(args)
     if args.reward not in ("math-verify", "math_dapo"):
         bad("--reward", "must be math-verify or math_dapo")
     if not args.out.strip():
@@ -551,6 +607,58 @@ def check_args(args) -> list[str]:
     return names
 
 
+TOOL_FLAGS = ("tool", "max_turns", "max_tool_chars", "tool_timeout_s", "tool_memory_mb", "tool_waive", "tool_workers")
+"""The trainer's tool settings (:class:`spo_lab.train.Config` fields) this command line takes as flags, with the
+trainer's defaults and help: ``--tool``, ``--max-turns``, ``--max-tool-chars``, ``--tool-timeout-s``,
+``--tool-memory-mb``, ``--tool-waive``, ``--tool-workers``. (``--tool-latency``, an injected wait, is training's.)"""
+
+TOOL_SAMPLE_SETTINGS = ("tool", "max_turns", "max_tool_chars", "tool_timeout_s", "tool_memory_mb")
+"""The tool settings that decide the samples (kept in ``run.json`` when the tool is on)."""
+
+
+def tool_config(args) -> argparse.Namespace:
+    """The parsed command line as the trainer's tool functions read a config (:func:`spo_lab.train.tool_mode`,
+    :func:`spo_lab.train.check_tool_settings`, :func:`spo_lab.train.build_tool_engine`): the model resolved to
+    its default, no injected latency."""
+    from .models import DEFAULT_MODEL_DIR
+
+    return argparse.Namespace(**{**vars(args), "model": str(args.model or DEFAULT_MODEL_DIR), "tool_latency": "none"})
+
+
+def _tool_on(args) -> bool:
+    from .train import tool_mode
+
+    return tool_mode(tool_config(args)) == "python"
+
+
+def math_style(args) -> str:
+    """The math prompt style: ``--style`` as given, else ``tool`` with the tool on and ``boxed`` without."""
+    return args.style or ("tool" if _tool_on(args) else "boxed")
+
+
+def _check_tool_args(args) -> None:
+    """The tool flags, checked as the trainer checks them (UserError naming the flag), and the two refusals: a
+    task that needs the tool evaluated without it, and the math tool style (or another style with the tool)."""
+    from .tasks import task_class
+    from .train import check_tool_settings
+
+    cfg = tool_config(args)
+
+    def bad(name, why):
+        raise UserError(f"--{name.replace('_', '-')} {why}, got {getattr(cfg, name)!r}")
+
+    check_tool_settings(cfg, bad)
+    on = _tool_on(args)
+    if not on and getattr(task_class(args.task), "needs_tool", False):
+        raise UserError(f"--tool {args.tool}: the {args.task} task is evaluated with the Python tool (its policy "
+                        "was trained to call it, and its answers after a tool call are what it is scored on); use "
+                        "--tool python or --tool auto")
+    if args.task == "math" and args.style is not None and on != (args.style == "tool"):
+        raise UserError(f"--style {args.style} needs the tool: add --tool python" if not on else
+                        f"--style {args.style} with --tool python: with the tool the math task's prompt and reward "
+                        "rules are --style tool's (the default with the tool)")
+
+
 def check_out(out: Path, *, overwrite: bool, settings: dict, sampling: dict) -> None:
     """``--out`` must be a folder that is not a model and holds no samples of other settings (unless ``overwrite``)."""
     from .run_folder import model_files
@@ -572,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--model", default=None, help="model folder or hub id (default: the bundled tiny Qwen3); for a training "
       "run, its RUN/final_model")
-    a("--task", default="math", help="task name: math (the five benchmarks) | arith")
+    a("--task", default="math", help="task name: math (the five benchmarks) | arith | arith_tool (with the tool)")
     a("--benchmarks", default=None, help="comma list (math default: aime24,aime25,beyondaime,brumo25,hmmt25)")
     a("--split", default="test", help="comma list of splits to evaluate for a task without benchmarks")
     a("--benchmark-dir", default=None, help="folder with local benchmark copies, DIR/<hub repo name> or DIR/<name>")
@@ -583,21 +691,38 @@ def build_parser() -> argparse.ArgumentParser:
     a("--temperature", type=float, default=PAPER_EVAL["temperature"], help="sampling temperature (> 0)")
     a("--top-p", type=float, default=PAPER_EVAL["top_p"], help="nucleus sampling, in (0, 1] (1 = off)")
     a("--top-k", type=int, default=PAPER_EVAL["top_k"], help="top-k sampling (0 = off)")
-    a("--max-new-tokens", type=int, default=None, help="default: 8192 for math (the paper's), 8 otherwise")
+    a("--max-new-tokens", type=int, default=None, help="default: 8192 for math (the paper's); otherwise 40 with "
+      "the tool (the tool job's), 8 without")
     a("--engine", default="hf", choices=["hf", "vllm"])
     a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     a("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     a("--seed", type=int, default=0, help="seed of the sampling and of the bootstrap (>= 0)")
     a("--batch", type=int, default=256, help="responses per engine call")
     a("--thinking", action=argparse.BooleanOptionalAction, default=False, help="Qwen3 thinking mode (math)")
-    a("--style", default="boxed", help="math prompt style: boxed | official")
+    a("--style", default=None, help="math prompt style: boxed | official | tool (default: tool with the tool on, "
+      "boxed otherwise)")
     a("--reward", default="math-verify", help="math checker: math-verify | math_dapo")
     a("--cache-dir", default=None, help="datasets cache folder (math)")
     a("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95 %% intervals (>= 1)")
+    _add_tool_flags(p)
     a("--out", required=True, help="output folder (resumable)")
     a("--overwrite", action="store_true", help="remove the evaluation results already in --out and start afresh")
     a("--debug", action="store_true", help="show the traceback of an expected error (also SPO_LAB_DEBUG=1)")
     return p
+
+
+def _add_tool_flags(p: argparse.ArgumentParser) -> None:
+    """:data:`TOOL_FLAGS` as ``python -m spo_lab.train`` declares them (type, default and help from its Config)."""
+    import dataclasses
+
+    from .train import Config, _field_docs
+
+    docs, fields = _field_docs(Config), {f.name: f for f in dataclasses.fields(Config)}
+    g = p.add_argument_group("the Python tool", "as in training (python -m spo_lab.train)")
+    for name in TOOL_FLAGS:
+        f = fields[name]
+        g.add_argument("--" + name.replace("_", "-"), type={"int": int, "float": float, "str": str}[f.type],
+                       default=f.default, help=f"{docs[name]} (default: {f.default!r})".replace("%", "%%"))
 
 
 def main(argv=None) -> dict:
@@ -615,14 +740,18 @@ def main(argv=None) -> dict:
     from .run_folder import check_writable
     from .tasks import get_task
 
+    from .train import build_tool_engine, tool_task_kwargs
+
     model_path = str(args.model or DEFAULT_MODEL_DIR)
     out = Path(args.out)
     device = resolve_device(args.device)
     math_task = args.task == "math"
-    max_new = args.max_new_tokens or (8192 if math_task else 8)
+    tool_cfg, tool = tool_config(args), _tool_on(args)
+    max_new = args.max_new_tokens or (8192 if math_task else _tool_job_budget() if tool else 8)
     settings = {"model": model_path, "task": args.task, "engine": args.engine, "device": device.type,
                 "dtype": args.dtype,
-                **({"thinking": args.thinking, "style": args.style, "reward": args.reward} if math_task else {})}
+                **({"thinking": args.thinking, "style": math_style(args), "reward": args.reward} if math_task else {}),
+                **({k: getattr(args, k) for k in TOOL_SAMPLE_SETTINGS} | {"tool": "python"} if tool else {})}
     sampling = dict(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                     max_new_tokens=max_new, seed=args.seed, batch=args.batch)
     # fail before loading anything: the model path, --out, and (a task without a tokenizer) the data
@@ -630,7 +759,7 @@ def main(argv=None) -> dict:
     check_out(out, overwrite=args.overwrite, settings=settings, sampling=sampling)
     task = benchmarks = None
     if not math_task:  # its prompts need no tokenizer: read and check the data now
-        task = get_task(args.task, data=args.data)
+        task = get_task(args.task, data=args.data, **tool_task_kwargs(tool_cfg))
         benchmarks = {b: task.load(b)[: args.limit or None] for b in names}
     check_writable(out, "--out")
     if args.overwrite and (removed := remove_results(out)):
@@ -644,8 +773,12 @@ def main(argv=None) -> dict:
     if lora_folder:
         engine.sync_weights(model)
     tok = tok or engine.tokenizer  # vLLM loads the policy and its tokenizer itself
+    try:  # with the tool: the trainer's ToolEngine around the engine, the sandbox's protections printed
+        engine = build_tool_engine(tool_cfg, engine, announce=True)
+    except UserError as err:  # its advice names the trainer; the flag is the same here
+        raise UserError(str(err).replace("With spo_lab.train,", "With spo_lab.evaluate,")) from None
     if math_task:
-        kw = dict(thinking=args.thinking, style=args.style, reward=args.reward, cache_dir=args.cache_dir,
+        kw = dict(thinking=args.thinking, style=math_style(args), reward=args.reward, cache_dir=args.cache_dir,
                   benchmark_paths=_benchmark_paths(names, args.benchmark_dir, args.benchmark_path))
         task = get_task(args.task, data=args.data, tokenizer=tok, **kw)
         benchmarks = {b: task.load(b)[: args.limit or None] for b in names}
@@ -659,6 +792,14 @@ def main(argv=None) -> dict:
                                   resamples=args.bootstrap, settings=settings)
     print(summary_markdown(summary))
     return summary
+
+
+def _tool_job_budget() -> int:
+    """``--max-new-tokens`` default of a task other than math with the tool: the tool job's response budget
+    (:data:`spo_lab.experiment.TOOL_SETTINGS`), room for a call, its output and the answer."""
+    from .experiment import TOOL_SETTINGS
+
+    return int(TOOL_SETTINGS["max_new_tokens"])
 
 
 def _model_config(model_path: str):
