@@ -190,6 +190,62 @@ def test_bad_tool_settings_name_their_flag(field, value, flag):
     Config(tool_waive="all").validate()
 
 
+def _small_tool_data(folder: Path, train: int = 24, held_out: int = 8) -> Path:
+    """The first rows of the bundled arith_tool splits (disjoint, as the originals)."""
+    folder.mkdir()
+    for split, rows in (("train", train), ("validation", held_out), ("test", held_out)):
+        lines = (at.DEFAULT_DATA_DIR / f"{split}.jsonl").read_text().splitlines()[:rows]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_spos_offline_pass_runs_through_the_tool_engine_with_its_own_cache_key(tmp_path, monkeypatch):
+    """SPO's offline pass (n0 samples per training prompt, Sec. 3.3) samples with the tool when the run does: the
+    ToolEngine makes the responses, part of them call the tool, the counts come out, and the pass is cached under a
+    key of its own (the same run without the tool computes and caches another pass, never reads this one)."""
+    import spo_lab.train as train_module
+    from spo_lab.offline import offline_cache_key
+    from spo_lab.tools import ToolEngine
+
+    seen = []
+    real = train_module.offline_counts
+
+    def recording(engine, task, problems, **kw):
+        succ, trials = real(engine, task, problems, **kw)
+        seen.append({"tool_engine": isinstance(engine, ToolEngine), "model_key": kw["model_key"], "kw": kw,
+                     "problems": problems, "task": task.name, "succ": succ, "trials": trials,
+                     "metrics": engine.tool_metrics() if isinstance(engine, ToolEngine) else {}})
+        return succ, trials
+
+    monkeypatch.setattr(train_module, "offline_counts", recording)
+    data, cache = _small_tool_data(tmp_path / "data"), tmp_path / "cache"
+    common = dict(task="arith_tool", model=str(TOOL_MODEL), algo="spo", n0=4, responses_per_step=8, steps=1,
+                  eval_every=1, eval_max_prompts=4, eval_samples=1, max_new_tokens=40, data_dir=str(data),
+                  cache_dir=str(cache), progress=False, save_model=False, tool_timeout_s=10, tool_memory_mb=512)
+    train_module.train(Config(**common, out=str(tmp_path / "with-tool")))
+    tool_pass = seen[-1]
+    assert tool_pass["tool_engine"] and tool_pass["task"] == "arith_tool" and len(tool_pass["problems"]) == 24
+    succ, trials = tool_pass["succ"], tool_pass["trials"]
+    assert trials.tolist() == [4.0] * 24 and ((0 <= succ) & (succ <= 4)).all() and succ.sum() > 0
+    # one chunk (24 prompts x 4 < the pass's batch): the engine's statistics are the whole pass's
+    assert 0 < tool_pass["metrics"]["tool/call_rate"] < 1 and tool_pass["metrics"]["tool/tokens_mean"] > 0
+
+    train_module.train(Config(**common, tool="none", out=str(tmp_path / "without")))
+    plain = seen[-1]
+    assert not plain["tool_engine"] and plain["metrics"] == {}
+    suffix = "+tool(turns=8,chars=256)"
+    assert tool_pass["model_key"] == plain["model_key"] + suffix  # same weights, the tool's settings in the key
+
+    def cache_file(p):
+        k = p["kw"]
+        key = offline_cache_key(p["task"], p["problems"], model_key=p["model_key"], n0=k["n0"],
+                                temperature=k["temperature"], max_new_tokens=k["max_new_tokens"], seed=k["seed"])
+        return f"offline-{key}.pt"
+
+    assert cache_file(tool_pass) != cache_file(plain)
+    assert sorted(f.name for f in cache.glob("offline-*.pt")) == sorted([cache_file(tool_pass), cache_file(plain)])
+
+
 def test_arith_tool_with_the_addition_model_is_refused():
     with pytest.raises(ValueError, match="--model .*tiny-qwen3-tool"):
         Config(task="arith_tool").validate()
