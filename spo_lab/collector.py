@@ -86,8 +86,8 @@ from torch import Tensor
 
 from .engines.base import Rollouts, Turn, concat_rollouts, encode_prompts
 from .tools.engine import CODE_CLOSE, Trajectory, trajectory_rollouts, trajectory_stats
-from .keys import (ASYNC_FINISHED_WAITING, ASYNC_IN_FLIGHT, ASYNC_STALENESS_MAX, ASYNC_STALENESS_MEAN,
-                   ASYNC_WAIT_DUE)
+from .keys import (ASYNC_ABORTED, ASYNC_FINISHED_WAITING, ASYNC_IN_FLIGHT, ASYNC_STALENESS_MAX,
+                   ASYNC_STALENESS_MEAN, ASYNC_WAIT_DUE)
 
 __all__ = ["AsyncCollector", "Unit"]
 
@@ -181,6 +181,7 @@ class AsyncCollector:
         self._timeline: list[dict] = []
         self._keep = int(keep_timeline)
         self.counts = Counter()
+        self._aborted_seen = 0  # counts["aborted"] when the last batch was handed over
         self.staleness = Counter()
         self.t0 = time.monotonic()
         self._last_tool_stats: dict = {}
@@ -219,6 +220,7 @@ class AsyncCollector:
             self._handed = [u.prompt for u in units]
             waiting = sum(u.rollouts is not None for u in self._units)
             in_flight = self._running_rows()
+            aborted, self._aborted_seen = self.counts["aborted"] - self._aborted_seen, self.counts["aborted"]
         units.sort(key=lambda u: (min(u.versions), u.seq))  # evidence in the order of the versions
         rollouts = concat_rollouts([u.rollouts for u in units], pad_id=self._pad_id())
         baselines = torch.cat([u.baselines for u in units])
@@ -231,7 +233,7 @@ class AsyncCollector:
         return rollouts, baselines, {
             ASYNC_STALENESS_MEAN: sum(stale) / len(stale), ASYNC_STALENESS_MAX: max(stale),
             ASYNC_IN_FLIGHT: in_flight, ASYNC_FINISHED_WAITING: waiting,
-            ASYNC_WAIT_DUE: time.monotonic() - t0,
+            ASYNC_WAIT_DUE: time.monotonic() - t0, ASYNC_ABORTED: aborted,
         }
 
     def sync_weights(self, model) -> None:

@@ -60,6 +60,9 @@ ASYNC_FINISHED_WAITING = "async/finished_waiting"
 """units finished but left for a later batch when the batch was handed over"""
 ASYNC_WAIT_DUE = "async/wait_s"
 """seconds the trainer waited for the batch"""
+ASYNC_ABORTED = "async/aborted"
+"""units (prompt + its G trajectories) started and thrown away since the previous batch; with the staleness
+bound met by pacing this stays 0 until the run ends, whose aborts (per difficulty level) are in collector.json"""
 
 # ---------------------------------------------------------------------- time
 PHASES = ("sample", "generate", "reward", "update", "tracker", "sync")

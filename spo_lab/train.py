@@ -402,6 +402,8 @@ class Run:
     offline_info: dict = dataclasses.field(default_factory=dict)
     world: World = ONE  # the processes training together (spo_lab.distributed); ONE: this process alone
     lock: object = dataclasses.field(default_factory=threading.RLock)  # the method's state, when a collector shares it
+    update_gen: torch.Generator | None = None  # the update's mini-batch splits when a collector's thread draws
+    # from gen while the trainer updates (--collector async, --max-staleness >= 1); None: gen, as in the synchronous loop
 
 
 @dataclass
@@ -460,7 +462,8 @@ def learn(run: Run, m: dict, rollouts: Rollouts, baselines: torch.Tensor) -> tup
     row_ids = rollouts.prompt_index  # [R] the prompt of each row
     with engine_asleep(run.engine, cfg.vllm_sleep):  # colocated vLLM frees its memory for update and D
         with phase(m, "update"):
-            loss_stats = ppo_update(run.policy, run.optimizer, rollouts, adv, run.ppo, run.gen, run.ref_model, world)
+            split_gen = run.gen if run.update_gen is None else run.update_gen
+            loss_stats = ppo_update(run.policy, run.optimizer, rollouts, adv, run.ppo, split_gen, run.ref_model, world)
         with phase(m, "tracker"):  # AFTER the update: D measures how far it moved the policy
             d = run.d_estimator.observe(run.logprob_fn, row_ids, rollouts) if run.d_estimator else None
             with run.lock:  # an asynchronous collector reads the tracker while we write it
@@ -696,6 +699,8 @@ def start_collector(run: Run) -> AsyncCollector:
     cfg = run.cfg
     if run.world.size > 1:
         raise UserError("--collector async runs in one process; with several processes use --collector sync")
+    if cfg.max_staleness > 0:  # the collector's thread draws from run.gen meanwhile: the update gets a stream of its own
+        run.update_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     return AsyncCollector(run.engine, run.policy, run.algo, [p.prompt for p in run.problems],
                           batch_units=cfg.prompts_per_step, max_staleness=cfg.max_staleness,
                           max_in_flight=cfg.max_in_flight, temperature=cfg.temperature,
