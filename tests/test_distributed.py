@@ -2,6 +2,7 @@
 
 (a) one update on 2 processes gives the weights of one update in one process (to float rounding);
 (b) the method state is identical on every process after several steps, and a drifting replica stops the job;
+(b') three whole training steps on 2 processes give one process's draws, tracker, metrics and weights;
 (c) torchrun SPO and GRPO runs complete, survive a killed process by --resume, and resume on another
     number of processes; their metrics files are whole.
 Plus: a process that stops answering ends the job within the process group's timeout.
@@ -140,6 +141,61 @@ def test_a_drifting_tracker_stops_the_job(toy, tmp_path):
     assert proc.returncode != 0
     assert "drifted: process(es) [1] disagree with process 0" in proc.stderr, proc.stderr[-3000:]
     assert _steps(out) == [0, 1]  # it stopped at the step whose state disagreed
+
+
+# ====================================================================== (b') whole steps: 2 processes = 1 process
+@pytest.mark.parametrize("rho_mode", ["constant", "kl"])
+def test_training_steps_on_two_processes_equal_one_process(tmp_path, rho_mode):
+    """Three SPO steps (prioritised draws, the offline pass, evaluation) on 1 and on 2 processes, each prompt
+    sampled alone from a seed of its text (tests/distributed_same_worker.py), so both see the same rollouts.
+    The draws and the rewards are then the same, so the sampler's state and, with a constant rho, the tracker's
+    alpha / beta are bit for bit those of one process. The weights agree to float rounding only (gradients
+    are summed across processes in another order), and so does everything computed from them: the
+    metrics (1e-5 relative, 1e-6 absolute for the policy loss, a near-zero mean), and with --rho-mode kl the
+    divergence D behind rho, hence alpha / beta (allowed: 1e-4 relative)."""
+    from spo_lab.models import DEFAULT_MODEL_DIR, load_policy
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, rows in (("train", 120), ("test", 16)):  # the bundled model and the first of its problems
+        lines = (ROOT / "data" / "arith" / f"{split}.jsonl").read_text().splitlines()[:rows]
+        (data / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    flags = ["--algo", "spo", "--sampling", "prioritized", "--rho-mode", rho_mode, "--data-dir", str(data),
+             "--steps", "3", "--responses-per-step", "16", "--n0", "2", "--eval-every", "3", "--eval-max-prompts", "16",
+             "--save-every", "0", "--lr", "3e-4", "--max-new-tokens", "6", "--no-progress", "--no-save-model"]
+    worker = WORKER.parent / "distributed_same_worker.py"
+    one = subprocess.Popen([sys.executable, str(worker), tmp_path, *flags, "--out", tmp_path / "one", "--cache-dir",
+                            tmp_path / "cache1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    two, _ = torchrun(worker, tmp_path, *flags, "--out", tmp_path / "two", "--cache-dir", tmp_path / "cache2")
+    _, err = one.communicate(timeout=180)
+    assert one.returncode == 0, err[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"result-{n}.pt", weights_only=False) for n in (1, 2))
+
+    assert len(a["states"]) == len(b["states"]) == 3
+    for x, y in zip(a["states"], b["states"]):
+        assert state_checksum(x["sampler"]) == state_checksum(y["sampler"])
+        if rho_mode == "constant":
+            assert state_checksum(x["tracker"]) == state_checksum(y["tracker"])
+        for k in ("alpha", "beta"):
+            torch.testing.assert_close(y["tracker"][k], x["tracker"][k], rtol=1e-4, atol=0)
+
+    start = load_policy(DEFAULT_MODEL_DIR)[0].state_dict()
+    moved = max(float((v - start[k]).abs().max()) for k, v in a["weights"].items())
+    apart = max(float((v - b["weights"][k]).abs().max()) for k, v in a["weights"].items())
+    assert moved > 1e-3 and apart < 1e-4, (moved, apart)
+
+    rows = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+            for run in ("one", "two")]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [0, 1, 2, 3]
+    assert 0 < rows[0][1]["reward/mean"] < 1  # mixed rewards: the advantages move the weights
+    assert rho_mode == "constant" or 0 < rows[0][3]["tracker/D_max"] < 0.5  # revisits, D below rho's clip
+    for x, y in zip(*rows):
+        x, y = ({k: v for k, v in r.items() if not k.startswith("time/")} for r in (x, y))
+        assert x.keys() == y.keys()
+        for k in x:
+            assert y[k] == (pytest.approx(x[k], rel=1e-5, abs=1e-6) if isinstance(x[k], float) else x[k]), (x["step"], k)
 
 
 # ====================================================================== (c) end to end: kill, resume, rescale
