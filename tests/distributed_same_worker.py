@@ -6,19 +6,23 @@
 It trains with the trainer's flags through :class:`PerPromptEngine` (every prompt sampled alone, from a seed
 of its text), so a prompt's responses do not depend on which process samples it, with which other prompts,
 or how many processes there are. Rank 0 then writes ``DIR/result-<processes>.pt``: the method state after
-every step (``states``) and the final weights (``weights``).
+every step (``states``) and the final weights (``weights``). With ``--resume``, each process also writes
+``DIR/restored-rank<r>.json``: checksums of the method state, D's memory and the mini-batch generator as
+restored from the checkpoint, before the first step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import sys
 from pathlib import Path
 
 import torch
 
 import spo_lab.train as T
+from spo_lab.distributed import state_checksum
 from spo_lab.engines.base import concat_rollouts, seeded
 from spo_lab.engines.hf import HFEngine
 
@@ -54,6 +58,16 @@ def main(out: Path, argv: list[str]) -> None:
         return m, batch
 
     T.train_step = step_and_record
+    restore = T._restore
+
+    def restore_and_record(run, ck):
+        restore(run, ck)
+        d = run.d_estimator.state_dict() if run.d_estimator is not None else {}
+        sums = {"algorithm": state_checksum(run.algo.state_dict()), "divergence": state_checksum(d),
+                "gen": state_checksum(run.gen.get_state()), "start": run.start}
+        (out / f"restored-rank{run.world.rank}.json").write_text(json.dumps(sums))
+
+    T._restore = restore_and_record
     T.train(cfg, engine=PerPromptEngine(HFEngine(None, load_tokenizer(cfg.model))))
     run = runs[0]
     if run.world.rank == 0:

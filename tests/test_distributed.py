@@ -4,7 +4,8 @@
 (b) the method state is identical on every process after several steps, and a drifting replica stops the job;
 (b') three whole training steps on 2 processes give one process's draws, tracker, metrics and weights;
 (c) torchrun SPO and GRPO runs complete, survive a killed process by --resume, and resume on another
-    number of processes; their metrics files are whole.
+    number of processes (SPO 2 -> 1 and 1 -> 2, GRPO 2 -> 1; the last two checked to restore the checkpoint's
+    state exactly); their metrics files are whole.
 Plus: a process that stops answering ends the job within the process group's timeout.
 """
 
@@ -220,6 +221,36 @@ def test_torchrun_survives_a_killed_process_and_resumes(toy, tmp_path, algo):
                              capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert one.returncode == 0, one.stderr[-3000:]
         assert _steps(out) == [0, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("algo, before, after", [("spo", 1, 2), ("grpo", 2, 1)])
+def test_resume_on_another_number_of_processes(toy, tmp_path, algo, before, after):
+    """A run checkpointed on ``before`` processes and extended on ``after``: every process restores exactly
+    the checkpoint's method state, D's memory and mini-batch generator, and the metrics file has every step once."""
+    out = tmp_path / algo
+    worker = WORKER.parent / "distributed_same_worker.py"
+
+    def launch(nproc: int, steps: int, *extra):
+        args = [worker, tmp_path, *_train_flags(toy, out, algo, steps, *extra)]
+        if nproc == 1:
+            proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=180,
+                                  cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        else:
+            proc, _ = torchrun(*args, nproc=nproc)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    launch(before, 3)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 3 and len(ck.get("rank_rng", [None])) == before
+    held = {"algorithm": state_checksum(ck["algorithm"]), "divergence": state_checksum(ck.get("divergence", {})),
+            "gen": state_checksum(ck["rng"]["gen"]), "start": 3}
+    launch(after, 5, "--resume")
+    for r in range(after):
+        assert json.loads((tmp_path / f"restored-rank{r}.json").read_text()) == held, r
+    assert not (tmp_path / f"restored-rank{after}.json").exists()
+    assert _steps(out) == [0, 1, 2, 3, 4, 5]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["responses"] for r in rows[1:]] == [16 * k for k in range(1, 6)]
 
 
 def test_a_process_that_stops_answering_ends_the_job_within_the_timeout(tmp_path):
