@@ -285,7 +285,7 @@ class AsyncCollector:
             self._stopping = True
             self._abort(list(self._units))
             self._cond.notify_all()
-        self._thread.join(timeout=max(self.timeout_s, 60))
+        self._thread.join(timeout=self.timeout_s)  # a hung generation call is left to its daemon thread
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         return self.summary()

@@ -210,6 +210,34 @@ def test_a_stuck_tool_stops_the_collector_with_an_error_not_a_hang():
     assert time.monotonic() - t0 < 5
 
 
+class StuckEngine(OneCallEngine):
+    """A generation that never returns (until released): a hung inference server, say."""
+
+    def __init__(self, tok, n):
+        super().__init__(tok, [0.0] * n)
+        self.release = threading.Event()
+
+    def continue_tokens(self, prefixes, **kw):
+        self.release.wait()
+        return super().continue_tokens(prefixes, **kw)
+
+
+@pytest.mark.parametrize("K", [0, 1])
+def test_a_stuck_generation_stops_the_collector_with_an_error_not_a_hang(K):
+    inner = StuckEngine(tool_tokenizer(), 4)
+    col = AsyncCollector(ToolEngine(inner, SleepSandbox()), None, SPO(4, 2, seed=0), [f"p{i}:" for i in range(4)],
+                         batch_units=2, max_staleness=K, max_new_tokens=64, timeout_s=0.5)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="finished no trajectory"):
+            col.next_batch(0)
+        assert time.monotonic() - t0 < 3
+        counts = col.close()  # does not wait for the hung call past the collector's time limit
+        assert time.monotonic() - t0 < 5 and counts["aborted"] == counts["admitted"] == 2 * (K + 1)
+    finally:
+        inner.release.set()
+
+
 def test_overprovisioned_batches_keep_the_first_finished_and_count_the_rest():
     delays = [0.01] * 4 + [2.0] * 4
     algo = SPO(8, 4, prioritized=False, generator=torch.Generator().manual_seed(0), seed=0)
