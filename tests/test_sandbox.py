@@ -1,7 +1,11 @@
 """PythonSandbox: normal code, the last-line rule, the limits, and the escapes it must stop.
 
-Each escape test needs a protection the machine may lack; it is skipped, with the reason, only where
-the probe says that protection is not in force. A fork bomb never runs without the process limit.
+Each escape test needs a protection the machine may lack; it is skipped, with the reason naming it, exactly
+where that protection is not in force -- as the probe reports it, and as it works for the uid the tests run as:
+run as an ordinary user (no uid to drop to) the code keeps the tests' own uid, so a file the tests can write the
+code can write too unless the mount namespace stops it, and ``RLIMIT_NPROC`` counts the tests' own processes
+unless a user namespace separates them. A fork bomb never runs without the process limit. The leak checks watch
+the uid the code's processes actually have on this machine (:func:`_code_uid`, checked by a test).
 """
 from __future__ import annotations
 
@@ -21,9 +25,6 @@ from spo_lab.tools import PythonSandbox, SandboxResult, SandboxUnavailable
 from spo_lab.tools import sandbox as sbmod
 from spo_lab.tools.sandbox import SANDBOX_ERROR_MESSAGE, WAIVABLE, wrap_last_expression
 
-BOX_UID = 65534
-
-
 def _make(**kw) -> PythonSandbox:
     """A sandbox with every protection, or with what this machine gives (tests then skip by name)."""
     try:
@@ -38,16 +39,66 @@ def _need(box: PythonSandbox, *names: str) -> None:
         pytest.skip(f"this machine cannot give {missing}: {box.describe()}")
 
 
+def _code_uid(box: PythonSandbox) -> int:
+    """The uid the box's code runs as, seen from this machine: the unprivileged uid it drops to when the tests run as
+    root; otherwise the tests' own uid (a user namespace maps it to root inside the box, not outside)."""
+    return box._plan.drop[0] if box._plan.drop else os.geteuid()
+
+
+def _own_uid(box: PythonSandbox) -> bool:
+    """The code runs as a uid of its own, not the tests' (``unprivileged_uid`` by the drop of a root run)."""
+    return _code_uid(box) != os.geteuid()
+
+
+def _limit_counts_the_tests(box: PythonSandbox) -> bool:
+    """``RLIMIT_NPROC`` counts the tests' own processes and threads with the box's: the code keeps the tests' uid and
+    has no user namespace of its own (an ordinary user on a machine that forbids them)."""
+    return box.protections()["process_limit"] and not _own_uid(box) and not box._plan.userns
+
+
+def _kill(pids) -> None:
+    """End processes these tests made the box start (found by their marker) that outlived it."""
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+
+
 def _procs_of_uid(uid: int) -> set[int]:
+    """The live processes of ``uid``; zombies (killed, waiting for whoever adopted them to reap them) are not."""
     pids = set()
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 if os.stat(f"/proc/{d}").st_uid == uid:
-                    pids.add(int(d))
-            except OSError:
+                    with open(f"/proc/{d}/stat") as f:
+                        state = f.read().rsplit(")", 1)[1].split()[0]
+                    if state not in ("Z", "X"):
+                        pids.add(int(d))
+            except (OSError, IndexError):
                 pass
     return pids
+
+
+def _box_leftovers(box: PythonSandbox, before: set[int]) -> set[int]:
+    """Live processes of the uid the code runs as that were not there ``before``. Where that uid is the tests' own
+    (no uid to drop to), only those the box starts count -- its bootstrap (``-I -S -c``), the code (``-I -B
+    main.py``) and their forks, ``unshare`` --: other work of the same uid on this machine is not the box's."""
+    new = _procs_of_uid(_code_uid(box)) - before
+    if _own_uid(box):
+        return new
+
+    def the_boxs(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            return False
+        return (argv[1:3] == [b"-I", b"-S"] and b"-c" in argv[3:4]) or argv[1:4] == [b"-I", b"-B", b"main.py"] or \
+            os.path.basename(argv[0]) == b"unshare"
+
+    return {pid for pid in new if the_boxs(pid)}
 
 
 def _procs_with(marker: str) -> list[int]:
@@ -79,6 +130,46 @@ def box(work_root):
 
 
 # ====================================================================== probing and the API
+def test_the_code_runs_as_the_uid_the_leak_checks_watch(box):
+    """The code's process, found from here while it runs (a descendant of this process running ``main.py``), has
+    the uid :func:`_code_uid` names: the one the leak checks below watch."""
+    import threading
+    import time
+
+    def ancestors(pid: int) -> set[int]:
+        seen = set()
+        while pid > 1 and pid not in seen:
+            seen.add(pid)
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    pid = int(next(line.split()[1] for line in f if line.startswith("PPid:")))
+            except (OSError, StopIteration, ValueError):
+                break
+        return seen
+
+    def code_processes() -> dict[int, int]:
+        found = {}
+        for d in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+                if argv[-3:] == [b"-B", b"main.py", b""] and os.getpid() in ancestors(int(d)):
+                    with open(f"/proc/{d}/status") as f:
+                        found[int(d)] = int(next(line.split()[1] for line in f if line.startswith("Uid:")))
+            except (OSError, ValueError, StopIteration):
+                pass
+        return found
+
+    call = threading.Thread(target=box.run, args=("import time; time.sleep(2)",))
+    call.start()
+    seen: dict[int, int] = {}
+    while call.is_alive() and not seen:
+        seen = code_processes()
+        time.sleep(0.02)
+    call.join()
+    assert seen and set(seen.values()) == {_code_uid(box)}, (seen, _code_uid(box))
+
+
 def test_protections_are_probed_once_and_reported(box):
     p = box.protections()
     assert set(p) == set(sbmod.PROTECTIONS) and all(isinstance(v, bool) for v in p.values())
@@ -212,8 +303,13 @@ def test_network_to_a_local_port_fails(box):
 
 
 def test_writing_outside_the_work_dir_fails(box, work_root, tmp_path):
-    _need(box, "unprivileged_uid")
-    private = tmp_path  # made by the test, owned by root
+    """Either protection stops the write: the mount namespace (everything read-only but the box's own /tmp) or the
+    unprivileged uid of a root run (the folder belongs to the tests' uid, the code runs as another)."""
+    if not (box.protections()["mount_namespace"] or _own_uid(box)):
+        pytest.skip(f"neither mount_namespace nor unprivileged_uid as a uid of the box's own is in force: the code "
+                    f"runs as this test's own uid {os.geteuid()} on a writable file system and can write where the "
+                    f"test can: {box.describe()}")
+    private = tmp_path  # made by the test, owned by the tests' uid
     r = box.run(f"open({str(private / 'escape.txt')!r}, 'w').write('x')")
     assert r.exit_code == 1 and not (private / "escape.txt").exists()
     r = box.run("open('inside.txt', 'w').write('ok')\nprint(open('inside.txt').read())")
@@ -221,7 +317,7 @@ def test_writing_outside_the_work_dir_fails(box, work_root, tmp_path):
 
 
 def test_world_writable_dirs_and_tmp_stay_untouched(box):
-    _need(box, "unprivileged_uid", "mount_namespace")
+    _need(box, "mount_namespace")  # read-only mounts stop any uid, the box's own /tmp is a fresh tmpfs
     if not os.path.isdir("/var/tmp"):
         pytest.skip("no /var/tmp to make a world-writable directory outside /tmp in")
     world = tempfile.mkdtemp(prefix="spo_sandbox_world_", dir="/var/tmp")  # outside /tmp: the box has its own
@@ -254,8 +350,12 @@ def test_the_parent_environment_is_not_visible(box, monkeypatch):
 
 def test_peoples_files_are_hidden_but_the_interpreter_runs(box, tmp_path):
     """The project the trainer runs in, $HOME and /home are empty in the box (only the interpreter's own
-    folders are bound back), although their files are world-readable on the host."""
+    folders are bound back), although their files are world-readable on the host. They are covered only in a root
+    run that drops to the unprivileged uid; in a user namespace they stay visible (read-only)."""
     _need(box, "mount_namespace")
+    if not _own_uid(box):
+        pytest.skip(f"unprivileged_uid as a uid of the box's own is not in force: the code runs as this test's uid "
+                    f"{os.geteuid()}, and people's folders are covered only when a root run drops to the box's uid")
     secret = Path(os.getcwd()) / f".sandbox-probe-{uuid.uuid4().hex}"
     secret.write_text("the user's file")
     os.chmod(secret, 0o644)
@@ -271,40 +371,52 @@ def test_peoples_files_are_hidden_but_the_interpreter_runs(box, tmp_path):
 
 def test_fork_bomb_stops_at_the_process_limit(box):
     _need(box, "process_limit")  # never run a fork bomb without it
+    if _limit_counts_the_tests(box):
+        pytest.skip(f"process_limit does not bind the box alone: the code runs as this test's uid {os.geteuid()} "
+                    "without a user namespace, so RLIMIT_NPROC counts the test's own processes and threads too")
     marker = f"bomb-{uuid.uuid4().hex}"
     code = ("import os, sys, time\nn = 0\ntry:\n    while n < 200:\n        if os.fork() == 0:\n"
             f"            os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}])\n"
             "        n += 1\nexcept OSError as e:\n    print('stopped after', n, e.strerror)")
-    r = box.run(code)
-    assert "stopped after" in r.output, r.output
-    n = int(r.output.split()[2])
-    assert 0 < n < box.max_processes and "Resource temporarily unavailable" in r.output
-    assert _procs_with(marker) == []
+    try:
+        r = box.run(code)
+        assert "stopped after" in r.output, r.output
+        n = int(r.output.split()[2])
+        assert 0 < n < box.max_processes and "Resource temporarily unavailable" in r.output
+        if box.protections()["pid_namespace"] or box.protections()["orphan_sweep"]:
+            assert _procs_with(marker) == []  # its children died with the box
+    finally:  # without either, the children outlive the call (see the test below): end them here
+        _kill(_procs_with(marker))
 
 
 def test_recursive_fork_bomb_is_killed_with_all_its_processes(work_root):
     box = _make(timeout_s=1, memory_mb=128, max_processes=16, work_root=work_root)
     _need(box, "process_limit")
-    before = _procs_of_uid(BOX_UID)
+    before = _procs_of_uid(_code_uid(box))
     r = box.run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass")
     assert r.timed_out and r.seconds < 2.5
-    assert _procs_of_uid(BOX_UID) <= before
+    assert _box_leftovers(box, before) == set()
 
 
 @pytest.mark.parametrize("wait_for_timeout", [False, True])
 def test_a_child_that_outlives_its_parent_dies_with_the_box(work_root, wait_for_timeout):
     box = _make(timeout_s=1.5, memory_mb=256, work_root=work_root)
-    _need(box, "pid_namespace")
+    if not (box.protections()["pid_namespace"] or box.protections()["orphan_sweep"]):
+        pytest.skip(f"neither pid_namespace nor orphan_sweep (a root run's kill of every process of the box's uid) "
+                    f"is in force: an escaped child outlives the box: {box.describe()}")
     marker = f"daemon-{uuid.uuid4().hex}"
     code = ("import os, sys, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
             "        os.execv(sys.executable, [sys.executable, '-c', "
             f"\"import time; print('daemon up', flush=True); time.sleep(60)\", {marker!r}])\n"
             "    os._exit(0)\ntime.sleep(0.5)\nprint('parent done', flush=True)\n"
             + ("while True:\n    pass\n" if wait_for_timeout else ""))
-    r = box.run(code)
-    assert "daemon up" in r.output and "parent done" in r.output
-    assert r.timed_out is wait_for_timeout
-    assert _procs_with(marker) == []
+    try:
+        r = box.run(code)
+        assert "daemon up" in r.output and "parent done" in r.output
+        assert r.timed_out is wait_for_timeout
+        assert _procs_with(marker) == []
+    finally:
+        _kill(_procs_with(marker))
 
 
 # ====================================================================== failures of the tool layer
@@ -329,14 +441,14 @@ def test_200_calls_leave_no_process_and_no_directory(box, work_root):
     def boxes():
         return [d for d in os.listdir(work_root) if d.startswith("spo_sandbox_")]
 
-    procs_before, dirs_before = _procs_of_uid(BOX_UID), boxes()
+    procs_before, dirs_before = _procs_of_uid(_code_uid(box)), boxes()  # the uid the code runs as
     times = []
     for i in range(200):
         r = box.run(f"print({i})")
         assert r.output == f"{i}\n", r
         times.append(r.seconds)
     assert boxes() == dirs_before == []
-    assert _procs_of_uid(BOX_UID) <= procs_before
+    assert _box_leftovers(box, procs_before) == set()
     print(f"per-call time over 200 calls: median {statistics.median(times) * 1e3:.1f} ms, "
           f"max {max(times) * 1e3:.1f} ms")
 
@@ -347,6 +459,12 @@ def test_more_concurrent_calls_than_the_uid_process_limit_wait_their_turn(work_r
     from concurrent.futures import ThreadPoolExecutor
 
     b = _make(timeout_s=10, memory_mb=256, max_processes=8, work_root=work_root)
+    if b.protections()["orphan_sweep"]:
+        pytest.skip("pid_namespace is not in force, so after each call a root run kills every process of the box's "
+                    "uid (orphan_sweep): concurrent calls of one uid kill one another (the ToolEngine runs one at a time)")
+    if _limit_counts_the_tests(b):
+        pytest.skip(f"process_limit does not bind the box alone: the code runs as this test's uid {os.geteuid()} "
+                    "without a user namespace, so RLIMIT_NPROC also counts the test's own threads (24 here)")
     with ThreadPoolExecutor(24) as pool:
         res = list(pool.map(b.run, ["import time; time.sleep(0.2); print(6 * 7)"] * 24))
     assert [r.output.strip() for r in res] == ["42"] * 24, [r.output for r in res if r.output.strip() != "42"][:2]
