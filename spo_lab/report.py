@@ -486,6 +486,29 @@ def summarize_tool_runs(df: pd.DataFrame) -> dict:
     return summary
 
 
+RECIPE_MAX_TOOL_CHARS = 256
+"""Where the SPO recipe cuts a tool output (characters); the trainer's ``--max-tool-chars`` default."""
+
+
+def _tool_job_differences(st: dict, runs: dict) -> list[str]:
+    """The tool job's departures from the recipe, said plainly: a shorter tool-output cut, and which SPO arms ran."""
+    said = []
+    chars = st.get("max_tool_chars")
+    if chars is not None and chars != RECIPE_MAX_TOOL_CHARS:
+        said.append(f"Tool outputs are cut at {chars} characters, not at the recipe's {RECIPE_MAX_TOOL_CHARS} (the "
+                    "tiny model's context is 64 tokens).")
+    spo = [r for r in runs if r.startswith("spo")]
+    if spo and "spo" not in spo:
+        arms = []
+        for r in spo:
+            n0 = re.fullmatch(r"spo-n0-(\d+)", r)
+            arms.append(f"`{r}`" + ("" if not n0 else " (no offline pass: n0 = 0, every prompt's tracker starts "
+                                              "from Beta(0.5, 0.5))" if n0[1] == "0" else f" (n0 = {n0[1]})"))
+        said.append(f"SPO runs only as {' and '.join(arms)}: the official SPO arm (offline pass with n0 = 8) is not "
+                    "part of this job.")
+    return [" ".join(said), ""] if said else []
+
+
 def tool_markdown(summary: dict) -> str:
     """The tool job's tables: accuracy start -> end, tool-call rate, accuracy with / without a call, the paired
     difference and the cost."""
@@ -546,13 +569,20 @@ def write_tool_report(root: Path, df: pd.DataFrame, wall_seconds: float | None =
     summary["figures"] = tool_figures(root, df, summary) if figures else []
     summary["settings"]["model"] = Path(summary["settings"]["model"]).name  # no machine paths in the summary
     (root / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    (root / "summary.md").write_text(tool_summary_markdown(summary, wall_seconds))
+    return summary
+
+
+def tool_summary_markdown(summary: dict, wall_seconds: float | None = None) -> str:
+    """The tool job's ``summary.md``: the job's departures from the recipe (tool-output cut, SPO arms), said
+    before the tables (:func:`tool_markdown`, also the README's block), and the figures."""
     md = ["# spo_lab with a Python tool: the tiny model learns to call it", "",
           "Written by `python -m spo_lab.experiment --tool-job` from `summary.json` in this folder.", ""]
     if wall_seconds is not None:
         md += [f"Whole job: {wall_seconds / 60:.1f} min wall time.", ""]
-    md += [tool_markdown(summary), *[f"![{n}]({n})" for n in summary["figures"]]]
-    (root / "summary.md").write_text("\n".join(md) + "\n")
-    return summary
+    md += [*_tool_job_differences(summary["settings"], summary["runs"]), tool_markdown(summary),
+           *[f"![{n}]({n})" for n in summary["figures"]]]
+    return "\n".join(md) + "\n"
 
 
 def async_markdown(s: dict) -> str:

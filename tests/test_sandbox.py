@@ -461,7 +461,8 @@ def test_more_concurrent_calls_than_the_uid_process_limit_wait_their_turn(work_r
     b = _make(timeout_s=10, memory_mb=256, max_processes=8, work_root=work_root)
     if b.protections()["orphan_sweep"]:
         pytest.skip("pid_namespace is not in force, so after each call a root run kills every process of the box's "
-                    "uid (orphan_sweep): concurrent calls of one uid kill one another (the ToolEngine runs one at a time)")
+                    "uid (orphan_sweep): concurrent calls of one uid kill one another (the ToolEngine runs one at a "
+                    "time)")
     if _limit_counts_the_tests(b):
         pytest.skip(f"process_limit does not bind the box alone: the code runs as this test's uid {os.geteuid()} "
                     "without a user namespace, so RLIMIT_NPROC also counts the test's own threads (24 here)")

@@ -331,7 +331,7 @@ def test_the_qwen3_tool_profile_fits_one_80gb_gpu():
 def test_the_tool_report_pairs_seeds_and_reads_tool_use_start_to_end():
     import pandas as pd
 
-    from spo_lab.report import summarize_tool_runs, tool_markdown
+    from spo_lab.report import summarize_tool_runs, tool_markdown, tool_summary_markdown
 
     rows = []
     for run, end in (("spo-n0-0", 0.9), ("grpo", 0.8)):
@@ -353,6 +353,19 @@ def test_the_tool_report_pairs_seeds_and_reads_tool_use_start_to_end():
         e["lr"] = 1e-4
     md = tool_markdown(summary)
     assert "| spo-n0-0 | 0.250 ± 0.000 | 0.900 ± 0.000 | +0.650" in md and "0.000 -> -" in md
+
+    # summary.md says the job's departures from the recipe plainly, before the tables (the README's block)
+    summary["settings"]["max_tool_chars"], summary["figures"] = 64, ["tool_use.png"]
+    page = tool_summary_markdown(summary, 60.0)
+    assert "Tool outputs are cut at 64 characters, not at the recipe's 256" in page
+    assert "SPO runs only as `spo-n0-0` (no offline pass: n0 = 0" in page and "n0 = 8) is not part of this job" in page
+    table = tool_markdown(summary)
+    assert page.index("SPO runs only") < page.index(table) and "SPO runs only" not in table
+    assert "Whole job: 1.0 min" in page and page.endswith("![tool_use.png](tool_use.png)\n")
+    summary["settings"]["max_tool_chars"] = 256
+    summary["runs"] = {"spo" if r == "spo-n0-0" else r: e for r, e in summary["runs"].items()}
+    page = tool_summary_markdown(summary)
+    assert "cut at" not in page and "SPO runs only" not in page  # the recipe's cut and the official arm: nothing to say
 
 
 if __name__ == "__main__":
