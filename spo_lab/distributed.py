@@ -367,9 +367,12 @@ def bench(layouts: list[str], train_args: list[str], *, rounds: int = 3, out: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m spo_lab.distributed bench [--layouts 1x1 2x1 ...] [--rounds 3] [--out DIR] -- TRAIN FLAGS``."""
+    """``python -m spo_lab.distributed bench [--layouts 1x1 2x1 ...] [--rounds 3] [--out DIR] [--json FILE] -- TRAIN FLAGS``."""
     import argparse
+    import json
+    import platform
     import sys
+    from pathlib import Path
 
     argv = sys.argv[1:] if argv is None else argv
     own, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
@@ -378,10 +381,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layouts", nargs="+", default=["1x1", "1x2", "2x1"], help="PxT: P processes of T threads")
     parser.add_argument("--rounds", type=int, default=3, help="turns each layout takes")
     parser.add_argument("--out", default="runs/dp-bench", help="folder of the benchmark's runs")
+    parser.add_argument("--json", default="", help="also write the rows, the command and the machine's load here")
     args = parser.parse_args(own)
-    for row in bench(args.layouts, train_args, rounds=args.rounds, out=args.out):
+    load_before = os.getloadavg()
+    rows = bench(args.layouts, train_args, rounds=args.rounds, out=args.out)
+    for row in rows:
         print(f"{row['layout']:>5}  median step {row['median_ms']:>6} ms  x{row['speedup']:<5} "
               f"rounds {row['rounds_ms']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "command": ["python", "-m", "spo_lab.distributed", *argv], "rows": rows,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                        "load_average_1_5_15_before": [round(x, 2) for x in load_before],
+                        "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()]}}, indent=1) + "\n")
     return 0
 
 
