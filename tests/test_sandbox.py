@@ -469,3 +469,24 @@ def test_more_concurrent_calls_than_the_uid_process_limit_wait_their_turn(work_r
     with ThreadPoolExecutor(24) as pool:
         res = list(pool.map(b.run, ["import time; time.sleep(0.2); print(6 * 7)"] * 24))
     assert [r.output.strip() for r in res] == ["42"] * 24, [r.output for r in res if r.output.strip() != "42"][:2]
+
+
+def test_the_user_task_count_counts_threads_as_the_process_limit_does(monkeypatch):
+    """Without a user namespace the box keeps the trainer's uid, and RLIMIT_NPROC counts that uid's threads too:
+    the limit the box gets on top of what already runs must count them, or a threaded trainer starves its tools."""
+    import threading
+
+    from spo_lab.tools import sandbox as sb
+
+    listdir = os.listdir
+    monkeypatch.setattr(sb.os, "listdir", lambda p: [str(os.getpid())] if p == "/proc" else listdir(p))  # this process
+    stop = threading.Event()
+    threads = [threading.Thread(target=stop.wait) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        assert sb._user_process_count(os.geteuid()) == len(listdir(f"/proc/{os.getpid()}/task")) >= 9
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()

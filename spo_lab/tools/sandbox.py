@@ -652,12 +652,13 @@ def _read_ready(sel, timeout: float, streams: dict | None = None) -> None:
 
 
 def _user_process_count(uid: int) -> int:
+    """The tasks (processes and their threads: what ``RLIMIT_NPROC`` counts) that run as ``uid``."""
     n = 0
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 if os.stat(f"/proc/{d}").st_uid == uid:
-                    n += 1
+                    n += len(os.listdir(f"/proc/{d}/task"))
             except OSError:
                 pass
     return n
@@ -779,7 +780,7 @@ class PythonSandbox:
         mem = self.memory_mb << 20
         nproc = self.max_processes
         if not self._plan.drop and not self._plan.userns and os.geteuid() != 0:
-            # without a user namespace the limit counts every process of this user
+            # without a user namespace the limit counts every process and thread of this user (the trainer's too)
             nproc += _user_process_count(os.geteuid())
         return [
             ("RLIMIT_CPU", self.cpu_s, self.cpu_s + 1),
