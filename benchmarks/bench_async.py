@@ -12,8 +12,11 @@ training (where an update separates them): ``benchmarks/async_training.py`` meas
 generation and sandbox time plus an optional INJECTED wait per tool call drawn from a named
 heavy-tailed law (``--latency``, see :mod:`spo_lab.tools.latency`), standing for the slow environments
 the paper has in mind. Modes run in turn, ``--repeats`` rounds, so a change in machine load hits all
-alike; medians are reported. Prints responses per second per mode and the ratios to ``group_sync``,
-with the paper's simulated 4.35x beside them, and where the time went; writes it all to ``--json``.
+alike; medians are reported. The rate is the steady state's: the batches after the first (after the first K for
+the bounded asynchronous mode, whose first K batches pay for no straggler; see
+:func:`spo_lab.teaching.collection.measure_collection`); the rate from the start is kept beside it. Prints
+responses per second per mode and the ratios to ``group_sync``, with the paper's simulated 4.34x beside them, and
+where the time went; writes it all to ``--json``.
 
     python benchmarks/bench_async.py --quick
     python benchmarks/bench_async.py --latency lognormal:-1.6,1.0 --json results/bench_async/lognormal.json
@@ -43,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a small run (B 16, 2 batches, 1 repeat) to check the path")
+    ap.add_argument("--quick", action="store_true", help="a small run (B 16, 4 batches, 1 repeat) to check the path")
     ap.add_argument("--latency", default="lognormal:-1.6,1.0",
                     help="injected wait per tool call: none | fixed:S | exponential:MEAN | lognormal:MU,SIGMA "
                          "(default lognormal:-1.6,1.0: median 0.2 s, sigma 1)")
@@ -53,7 +56,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--model", default=str(ROOT / "data" / "tiny-qwen3-tool"))
     ap.add_argument("--task", default="arith_tool")
     ap.add_argument("--batch", type=int, default=32, help="usable responses per batch (B)")
-    ap.add_argument("--batches", type=int, default=6)
+    ap.add_argument("--batches", type=int, default=12, help="batches per mode and round (the steady-state rate "
+                    "leaves out the first, or the first K for single_async)")
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-staleness", type=int, default=2, help="single_async's bound, as in training")
@@ -66,7 +70,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--timelines", action="store_true", help="keep every unit's spans in the JSON (Gantt charts)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.batch, args.batches, args.repeats = 16, 2, 1
+        args.batch, args.batches, args.repeats = 16, max(4, args.max_staleness + 2), 1
     parse_latency(args.latency)  # a bad spec fails here, naming the forms
     return args
 
@@ -95,11 +99,20 @@ def measure(args, engine, policy, task, problems, latency: str) -> dict:
 
 def report(res: dict) -> None:
     print(f"\ninjected tool latency: {res['latency']} (INJECTED on top of real generation and sandbox time)")
-    print(f"{'mode':<24}{'responses/s':>12}{'x group_sync':>14}{'gen busy':>10}{'tool only':>11}{'idle':>7}{'aborted':>9}")
+    print(f"{'mode':<24}{'responses/s':>12}{'x group_sync':>14}{'from start':>12}{'gen busy':>10}{'tool only':>11}"
+          f"{'idle':>7}{'aborted':>9}{'stale max':>11}")
     for m in MODES:
         r = res["modes"][m]
-        print(f"{m:<24}{r['responses_per_s']:>12.2f}{res['ratio_to_group_sync'][m]:>14.2f}{r['generate_busy']:>10.0%}"
-              f"{r['tool_only']:>11.0%}{r['idle']:>7.0%}{r['aborted']:>9.0f}")
+        print(f"{m:<24}{r['responses_per_s']:>12.2f}{res['ratio_to_group_sync'][m]:>14.2f}{r['responses_per_s_whole']:>12.2f}"
+              f"{r['generate_busy']:>10.0%}{r['tool_only']:>11.0%}{r['idle']:>7.0%}{r['aborted']:>9.0f}"
+              f"{r['staleness_max']:>11.0f}")
+    print("responses/s: steady state (the first batch, or the first K for single_async, left out); from start: "
+          "over the whole run, which flatters a pipelined mode (what is in flight at the end is never waited for)")
+    for m in MODES:
+        first = res["modes"][m]["runs"][0]
+        if first.get("aborted_per_level"):
+            print(f"  {m} aborted of admitted per level (first round): " + ", ".join(
+                f"{k} {v} of {first['admitted_per_level'].get(k, '?')}" for k, v in first["aborted_per_level"].items()))
     g = res["modes"]["group_sync"]
     if "nondegenerate_per_s" in g:
         print(f"group_sync, responses in non-degenerate groups only: {g['nondegenerate_per_s']:.2f}/s")
@@ -119,7 +132,8 @@ def main(argv=None) -> None:
     engine.generate([problems[0].prompt], 1, max_new_tokens=8)  # warm-up
     out = {"machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor(),
                        "cores": torch.get_num_threads()},
-           "settings": {k: v for k, v in vars(args).items() if k != "json"}, "paper_ratio": PAPER_RATIO}
+           "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"model": Path(args.model).name},
+           "paper_ratio": PAPER_RATIO}  # the model by name: no machine paths in committed results
     if args.sweep:
         name, params = parse_latency(args.latency)
         mu = params[0] if name == "lognormal" else 0.0

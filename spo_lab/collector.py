@@ -130,7 +130,7 @@ class AsyncCollector:
         overprovision: (benchmarks) with K = 0, admit this many times B units per batch, hand over the
             first B finished and abort the rest.
         keep_timeline: keep the per-unit event spans of the last this many units (:meth:`timeline`).
-        breakdown: ``[P]`` a difficulty level per prompt, to count aborted units per level.
+        breakdown: ``[P]`` a difficulty level per prompt, to count admitted and aborted units per level.
         lock: the lock that guards the method's state (the trainer's ``Run.lock``).
         turn_level: with a :class:`~spo_lab.tools.ToolEngine`, advance trajectories turn by turn as their
             tool calls return (the default). False: each wave of units is one ``engine.generate`` call, the
@@ -280,7 +280,7 @@ class AsyncCollector:
 
     def close(self) -> dict:
         """Stop the thread, abort what is in flight, and return the counts (admitted, finished, consumed,
-        aborted, aborted per difficulty level, staleness histogram)."""
+        aborted, admitted and aborted per difficulty level, staleness histogram)."""
         with self._cond:
             self._stopping = True
             self._abort(list(self._units))
@@ -373,6 +373,8 @@ class AsyncCollector:
             else:
                 self._waves.append(u)
         self.counts["admitted"] += len(ids)
+        if self.breakdown is not None:
+            self.counts.update(f"admitted/level={int(self.breakdown[p])}" for p in ids.tolist())
         return True
 
     def _generate(self) -> bool:

@@ -307,7 +307,8 @@ def paper_markdown(summary: dict) -> str:
          "the main job's final policies, T = 0.6"),
         ("throughput", "4.35x faster collection in a simulated agentic setting (no group barrier)",
          f"SPO step {ratio:.2f}x GRPO's on a CPU (the official D estimator's extra forward pass); "
-         "notebook 8 simulates the barrier", "responses of a few tokens: no stragglers to wait for"),
+         "the barrier itself: simulated, then measured on the asynchronous collector with a tool (notebook 8, "
+         "README's asynchronous-collection section)", "addition responses of a few tokens: no stragglers to wait for"),
     ]
     lines = ["| claim | paper (Qwen3-8B, DAPO-Math-17k) | spo_lab, tiny reproduction | scale of ours |",
              "|---|---|---|---|"]
@@ -590,14 +591,16 @@ def async_markdown(s: dict) -> str:
     st = s["settings"]
     lines = [f"SPO on arith_tool, {st['seeds']} seeds x {st['steps']} steps, injected tool latency "
              f"`{st['latency']}` per call, max staleness {st['max_staleness']}; mean [95 % t-interval over seeds]", "",
-             "| collector | held-out avg@4 start | end | gain | training wall s (evaluation excluded) |",
-             "|---|---|---|---|---|"]
+             "| collector | held-out avg@4 start | end | gain | training wall s (evaluation excluded) | whole run s |",
+             "|---|---|---|---|---|---|"]
     for k in ("spo-sync", "spo-async"):
         a = s["arms"][k]
         lines.append(f"| {k.removeprefix('spo-')} | {_fmt_ci(a['start'])} | {_fmt_ci(a['end'])} | "
-                     f"{_fmt_ci(a['gain'], sign=True)} | {_fmt_ci(a['train_s'], digits=0)} |")
+                     f"{_fmt_ci(a['gain'], sign=True)} | {_fmt_ci(a['train_s'], digits=0)} | "
+                     f"{_fmt_ci(a['total_s'], digits=0)} |")
     lines += ["", f"async - sync, final avg@4 (paired by seed): {_fmt_ci(s['async_minus_sync_end'], sign=True)}; "
-              f"sync / async training time (paired): {_fmt_ci(s['sync_over_async_train_time'], digits=2)}x; "
+              f"sync / async training time (paired): {_fmt_ci(s['sync_over_async_train_time'], digits=2)}x, "
+              f"whole run {_fmt_ci(s['sync_over_async_total_time'], digits=2)}x; "
               f"mean staleness of the async arm's training rows: {s['async_staleness_mean']:.2f} versions", ""]
     return "\n".join(lines)
 
@@ -606,12 +609,21 @@ def collection_markdown(b: dict) -> str:
     """``benchmarks/bench_async.py``'s JSON as markdown: usable responses per second per mode, ratios, where the time went."""
     st = b["settings"]
     lines = [f"{st['batches']} batches of {st['batch']} usable responses per mode, median of {st['repeats']} rounds, "
-             f"injected tool latency `{b['latency']}` per call", "",
-             "| mode | responses / s | x group_sync | generating | only tools running | idle | aborted |",
-             "|---|---|---|---|---|---|---|"]
+             f"injected tool latency `{b['latency']}` per call; responses / s in the steady state (the first batch "
+             f"left out, the first {st['max_staleness']} for single_async), and from the start beside it", "",
+             "| mode | responses / s | x group_sync | from the start | generating | only tools running | idle | aborted "
+             "| staleness max |", "|---|---|---|---|---|---|---|---|---|"]
     for m, r in b["modes"].items():
         lines.append(f"| {m} | {r['responses_per_s']:.2f} | {b['ratio_to_group_sync'][m]:.2f} | "
-                     f"{r['generate_busy']:.0%} | {r['tool_only']:.0%} | {r['idle']:.0%} | {r['aborted']:.0f} |")
+                     f"{r['responses_per_s_whole']:.2f} | {r['generate_busy']:.0%} | {r['tool_only']:.0%} | "
+                     f"{r['idle']:.0%} | {r['aborted']:.0f} | {r['staleness_max']:.0f} |")
+    lines.append("")
+    for m, r in b["modes"].items():
+        aborted, admitted = r["runs"][0].get("aborted_per_level"), r["runs"][0].get("admitted_per_level", {})
+        if aborted:
+            lines.append(f"- {m}, aborted of admitted per level (first round): " + ", ".join(
+                f"{k} {v} of {admitted[k]} ({v / admitted[k]:.0%})" if admitted.get(k) else f"{k} {v}"
+                for k, v in aborted.items()))
     lines += ["", f"The paper's simulation (24 samples, 48 rollouts started): {b['paper_ratio']:.2f}x.", ""]
     return "\n".join(lines)
 

@@ -30,6 +30,7 @@ import torch
 from ..algorithms import GroupBaseline
 from ..collector import AsyncCollector
 from ..metrics import degenerate_mask
+from ..tasks.base import breakdown_key
 
 __all__ = ["MODES", "MODE_LABELS", "PAPER_RATIO", "measure_collection", "busy_fractions", "plot_collection_timeline",
            "plot_throughput_sweep"]
@@ -40,7 +41,7 @@ PAPER_RATIO = 486.0 / 112.0
 
 
 def _collector(mode: str, engine, prompts, batch: int, group: int, max_new_tokens: int, seed: int, timeout_s: float,
-               max_staleness: int):
+               max_staleness: int, breakdown=None):
     gen = torch.Generator().manual_seed(seed)
     P = len(prompts)
     if mode == "group_sync":
@@ -51,7 +52,13 @@ def _collector(mode: str, engine, prompts, batch: int, group: int, max_new_token
                    "single_async_unbounded": (10**9, 1)}[mode]
     return AsyncCollector(engine, None, algo, prompts, batch_units=batch // algo.group, max_staleness=K,
                           max_in_flight=batch * over, max_new_tokens=max_new_tokens, overprovision=over,
-                          timeout_s=timeout_s)
+                          timeout_s=timeout_s, breakdown=breakdown)
+
+
+def warmup_batches(mode: str, max_staleness: int) -> int:
+    """Batches left out of the steady-state rate at the start: the bounded asynchronous mode's K (the batches
+    that pay for no straggler admitted before the start), 1 for every other mode (start-up costs)."""
+    return max(1, max_staleness) if mode == "single_async" else 1
 
 
 def measure_collection(mode: str, engine, policy, task, problems, *, batch: int = 32, batches: int = 4,
@@ -59,23 +66,38 @@ def measure_collection(mode: str, engine, policy, task, problems, *, batch: int 
                        max_staleness: int = 2) -> dict:
     """Collect ``batches`` batches of ``batch`` usable responses in ``mode``; what it took.
 
-    Returns ``responses_per_s`` (responses handed over / wall seconds from the start to the last batch),
-    ``seconds``, ``responses``, for the group mode ``nondegenerate_per_s``, the collector's counts
-    (``aborted``: started and thrown away), the busy fractions of :func:`busy_fractions`, and the
-    per-unit ``timeline`` (admission, finish, hand-over, generation and tool spans; seconds from the start).
+    Returns ``responses_per_s``, the steady-state rate: the responses of the batches after the first
+    :func:`warmup_batches` ones, over the wall time between their hand-overs. A short run from the start
+    flatters a pipelined mode: what is in flight when collection stops is never waited for, and with a
+    staleness bound K the stragglers admitted in the last K versions are exactly what the next batches
+    would have had to wait for; after the first K batches, every batch in the window pays for the
+    stragglers of one admission version. Also ``responses_per_s_whole`` (from the start to the last
+    batch), ``seconds``, ``responses``, ``window_batches``, for the group mode ``nondegenerate_per_s``,
+    the collector's counts (``aborted``: started and thrown away, also per difficulty level where the task
+    has one), ``staleness_mean`` / ``staleness_max`` of the rows handed over, the busy fractions of :func:`busy_fractions`, and the per-unit ``timeline`` (admission,
+    finish, hand-over, generation and tool spans; seconds from the start).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if batch % group:
         raise ValueError(f"batch {batch} must be a multiple of the group size {group}")
+    warmup = warmup_batches(mode, max_staleness)
+    if batches < warmup + 2:
+        raise ValueError(f"batches must be at least {warmup + 2} for {mode} (its first {warmup} are start-up and "
+                         f"the rate needs two more hand-overs), got {batches}")
+    key = breakdown_key(task)
+    breakdown = (torch.tensor([float(p.meta[key]) for p in problems]) if key and all(
+        isinstance(p.meta.get(key), (int, float)) for p in problems) else None)
     col = _collector(mode, engine, [p.prompt for p in problems], batch, group, max_new_tokens, seed, timeout_s,
-                     max_staleness)
+                     max_staleness, breakdown)
     t0 = time.monotonic()
     responses = nondeg = 0
+    handed = []  # (seconds since the collector started, responses so far) at each hand-over
     try:
         for b in range(batches):
             ro, _, _ = col.next_batch(b)
             responses += len(ro)
+            handed.append((time.monotonic() - col.t0, responses))
             if mode == "group_sync":
                 r = torch.tensor(task.reward(ro.texts, [problems[i] for i in ro.prompt_index.tolist()]))
                 nondeg += int((~degenerate_mask(r, group)).sum()) * group
@@ -84,12 +106,24 @@ def measure_collection(mode: str, engine, policy, task, problems, *, batch: int 
     finally:
         counts = col.close()
     timeline = col.timeline()
-    out = {"mode": mode, "seconds": seconds, "responses": responses, "responses_per_s": responses / seconds,
+    (ta, ra), (tb, rb) = handed[warmup - 1], handed[-1]
+    out = {"mode": mode, "seconds": seconds, "responses": responses, "responses_per_s": (rb - ra) / (tb - ta),
+           "responses_per_s_whole": responses / seconds, "window_batches": batches - warmup,
            "wall_from_first_request_s": time.monotonic() - t0, "aborted": counts.get("aborted", 0),
+           **{f"{what}_per_level": {k.split("/", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith(what + "/")}
+              for what in ("aborted", "admitted")},
+           **_staleness(counts["staleness_hist"]),
            "admitted": counts.get("admitted", 0), **busy_fractions(timeline, seconds), "timeline": timeline}
     if mode == "group_sync":
         out["nondegenerate_per_s"] = nondeg / seconds
     return out
+
+
+def _staleness(hist: dict) -> dict:
+    """Mean and largest staleness (batches between a row's admission and the batch that took it) of the handed rows."""
+    n = sum(hist.values())
+    return {"staleness_mean": sum(int(k) * v for k, v in hist.items()) / max(n, 1),
+            "staleness_max": max((int(k) for k in hist), default=0)}
 
 
 def _union(spans) -> float:
