@@ -272,7 +272,8 @@ def test_math_tool_prompt_and_reward_rules():
     from spo_lab.tasks.math import TOOL_INSTRUCTION, format_prompt, tool_answer_text
 
     prompt = format_prompt("What is 2+2?", style="tool")
-    assert prompt.startswith("Problem: " + TOOL_INSTRUCTION) and prompt.endswith("What is 2+2?\nSolution:")
+    assert prompt.startswith(TOOL_INSTRUCTION) and prompt.endswith("Problem: What is 2+2?\nSolution:")
+    assert prompt.count("Problem:") == 1
     assert all(tag in TOOL_INSTRUCTION for tag in TAGS)
     good = "Let me compute.<code>print(2+2)</code><interpreter>\n4\n\n</interpreter>\n\nSo \\boxed{4}"
     assert tool_answer_text(good) == "\n\nSo \\boxed{4}"

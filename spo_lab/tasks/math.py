@@ -284,7 +284,8 @@ def format_prompt(problem: str, *, tokenizer=None, thinking: bool = False, style
 
     With a chat template: ``tokenizer.apply_chat_template([{"role": "user", "content": msg}],
     tokenize=False, add_generation_prompt=True, enable_thinking=thinking)``. Without one:
-    ``"Problem: {msg}\\nSolution:"``.
+    ``"Problem: {msg}\\nSolution:"`` (``"{msg}\\nSolution:"`` for the tool style, whose text already says
+    ``Problem:``).
     """
     if style == "boxed":
         msg = f"{problem}\n\n{BOXED_INSTRUCTION}"
@@ -297,7 +298,7 @@ def format_prompt(problem: str, *, tokenizer=None, thinking: bool = False, style
     if _has_chat_template(tokenizer):
         return tokenizer.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
                                              add_generation_prompt=True, enable_thinking=thinking)
-    return f"Problem: {msg}\nSolution:"
+    return f"{msg}\nSolution:" if style == "tool" else f"Problem: {msg}\nSolution:"  # the tool's text names the problem
 
 
 def tool_answer_text(completion, *, thinking: bool = False) -> str | None:
