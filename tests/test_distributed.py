@@ -263,7 +263,6 @@ def test_a_process_that_stops_answering_ends_the_job_within_the_timeout(tmp_path
 def _recording_vllm(monkeypatch, on_cpu: bool) -> list[dict]:
     """A stand-in for the ``vllm`` package whose ``LLM(...)`` records its keyword arguments and the variables
     vLLM's executors read (no vLLM here, and no GPU); returns the list the calls are appended to."""
-    import importlib
     import types
 
     calls: list[dict] = []
@@ -276,18 +275,9 @@ def _recording_vllm(monkeypatch, on_cpu: bool) -> list[dict]:
                         (), {})()
             self.llm_engine = types.SimpleNamespace(engine_core=core)
 
-    mods = {name: types.ModuleType(name) for name in ("vllm", "vllm.inputs", "vllm.lora", "vllm.lora.request",
-                                                      "vllm.platforms")}
-    mods["vllm"].LLM, mods["vllm"].SamplingParams = LLM, object
-    mods["vllm.inputs"].TokensPrompt = dict
-    mods["vllm.lora.request"].LoRARequest = object
-    mods["vllm.platforms"].current_platform = types.SimpleNamespace(is_cpu=lambda: on_cpu)
-    for name, mod in mods.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    # the engine module bound to the stand-in; the real one (or its absence) comes back when the test ends
-    monkeypatch.setitem(sys.modules, "spo_lab.engines.vllm", types.ModuleType("spo_lab.engines.vllm"))
-    del sys.modules["spo_lab.engines.vllm"]
-    importlib.import_module("spo_lab.engines.vllm")
+    from fake_vllm import vllm_engine_module
+
+    vllm_engine_module(monkeypatch, LLM=LLM, on_cpu=on_cpu)
     import spo_lab.engines as engines_pkg
 
     monkeypatch.setattr(engines_pkg, "vllm", sys.modules["spo_lab.engines.vllm"], raising=False)

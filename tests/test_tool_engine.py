@@ -8,9 +8,7 @@ Code always runs in the PythonSandbox, never in the test process.
 
 from __future__ import annotations
 
-import importlib
 import string
-import sys
 import threading
 import time
 
@@ -526,19 +524,10 @@ def _fake_vllm(monkeypatch, tok, scripts: dict[str, str]):
                 outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=ids, logprobs=lps)]))
             return outs
 
-    mods = {"vllm": types.ModuleType("vllm"), "vllm.inputs": types.ModuleType("vllm.inputs"),
-            "vllm.lora": types.ModuleType("vllm.lora"), "vllm.lora.request": types.ModuleType("vllm.lora.request"),
-            "vllm.platforms": types.ModuleType("vllm.platforms")}
-    mods["vllm"].LLM, mods["vllm"].SamplingParams = LLM, SamplingParams
-    mods["vllm.inputs"].TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
-    mods["vllm.lora.request"].LoRARequest = object
-    mods["vllm.platforms"].current_platform = types.SimpleNamespace(is_cpu=lambda: True)
-    for name, mod in mods.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    # record the real module (or its absence) so the undo puts it back, then import a copy bound to the fakes
-    monkeypatch.setitem(sys.modules, "spo_lab.engines.vllm", types.ModuleType("spo_lab.engines.vllm"))
-    del sys.modules["spo_lab.engines.vllm"]
-    module = importlib.import_module("spo_lab.engines.vllm")
+    from fake_vllm import vllm_engine_module
+
+    module = vllm_engine_module(monkeypatch, LLM=LLM, SamplingParams=SamplingParams,
+                                TokensPrompt=lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids})
     eng = object.__new__(module.VLLMEngine)
     eng.tokenizer, eng.seed, eng.llm, eng.lora_request, eng._warned_truncated = tok, 0, LLM(), None, False
     return eng
