@@ -608,7 +608,7 @@ def check_args(args) -> list[str]:
 
 
 TOOL_FLAGS = ("tool", "max_turns", "max_tool_chars", "tool_timeout_s", "tool_memory_mb", "tool_waive", "tool_workers")
-"""The trainer's tool settings (:class:`spo_lab.train.Config` fields) this command line takes as flags, with the
+"""The trainer's tool settings (:class:`spo_lab.config.Config` fields) this command line takes as flags, with the
 trainer's defaults and help: ``--tool``, ``--max-turns``, ``--max-tool-chars``, ``--tool-timeout-s``,
 ``--tool-memory-mb``, ``--tool-waive``, ``--tool-workers``. (``--tool-latency``, an injected wait, is training's.)"""
 
@@ -617,8 +617,8 @@ TOOL_SAMPLE_SETTINGS = ("tool", "max_turns", "max_tool_chars", "tool_timeout_s",
 
 
 def tool_config(args) -> argparse.Namespace:
-    """The parsed command line as the trainer's tool functions read a config (:func:`spo_lab.train.tool_mode`,
-    :func:`spo_lab.train.check_tool_settings`, :func:`spo_lab.train.build_tool_engine`): the model resolved to
+    """The parsed command line as the tool's settings functions read a config (:mod:`spo_lab.tools.settings`:
+    ``tool_mode``, ``check_tool_settings``, ``build_tool_engine``): the model resolved to
     its default, no injected latency."""
     from .models import DEFAULT_MODEL_DIR
 
@@ -626,7 +626,7 @@ def tool_config(args) -> argparse.Namespace:
 
 
 def _tool_on(args) -> bool:
-    from .train import tool_mode
+    from .tools.settings import tool_mode
 
     return tool_mode(tool_config(args)) == "python"
 
@@ -640,7 +640,7 @@ def _check_tool_args(args) -> None:
     """The tool flags, checked as the trainer checks them (UserError naming the flag), and the two refusals: a
     task that needs the tool evaluated without it, and the math tool style (or another style with the tool)."""
     from .tasks import task_class
-    from .train import check_tool_settings
+    from .tools.settings import check_tool_settings
 
     cfg = tool_config(args)
 
@@ -715,9 +715,9 @@ def _add_tool_flags(p: argparse.ArgumentParser) -> None:
     """:data:`TOOL_FLAGS` as ``python -m spo_lab.train`` declares them (type, default and help from its Config)."""
     import dataclasses
 
-    from .train import Config, _field_docs
+    from .config import Config, field_docs
 
-    docs, fields = _field_docs(Config), {f.name: f for f in dataclasses.fields(Config)}
+    docs, fields = field_docs(Config), {f.name: f for f in dataclasses.fields(Config)}
     g = p.add_argument_group("the Python tool", "as in training (python -m spo_lab.train)")
     for name in TOOL_FLAGS:
         f = fields[name]
@@ -740,7 +740,7 @@ def main(argv=None) -> dict:
     from .run_folder import check_writable
     from .tasks import get_task
 
-    from .train import build_tool_engine, tool_task_kwargs
+    from .tools.settings import build_tool_engine, tool_task_kwargs
 
     model_path = str(args.model or DEFAULT_MODEL_DIR)
     out = Path(args.out)
@@ -773,10 +773,8 @@ def main(argv=None) -> dict:
     if lora_folder:
         engine.sync_weights(model)
     tok = tok or engine.tokenizer  # vLLM loads the policy and its tokenizer itself
-    try:  # with the tool: the trainer's ToolEngine around the engine, the sandbox's protections printed
-        engine = build_tool_engine(tool_cfg, engine, announce=True)
-    except UserError as err:  # its advice names the trainer; the flag is the same here
-        raise UserError(str(err).replace("With spo_lab.train,", "With spo_lab.evaluate,")) from None
+    # with the tool: the trainer's ToolEngine around the engine, the sandbox's protections printed
+    engine = build_tool_engine(tool_cfg, engine, announce=True, command="spo_lab.evaluate")
     if math_task:
         kw = dict(thinking=args.thinking, style=math_style(args), reward=args.reward, cache_dir=args.cache_dir,
                   benchmark_paths=_benchmark_paths(names, args.benchmark_dir, args.benchmark_path))
@@ -796,10 +794,10 @@ def main(argv=None) -> dict:
 
 def _tool_job_budget() -> int:
     """``--max-new-tokens`` default of a task other than math with the tool: the tool job's response budget
-    (:data:`spo_lab.experiment.TOOL_SETTINGS`), room for a call, its output and the answer."""
-    from .experiment import TOOL_SETTINGS
+    (:data:`spo_lab.tasks.arith_tool.MAX_NEW_TOKENS`), room for a call, its output and the answer."""
+    from .tasks.arith_tool import MAX_NEW_TOKENS
 
-    return int(TOOL_SETTINGS["max_new_tokens"])
+    return MAX_NEW_TOKENS
 
 
 def _model_config(model_path: str):

@@ -53,6 +53,7 @@ from .report import (ablation_markdown, load_results, results_markdown, sweep_ma
 from .errors import cli_main
 from .keys import GREEDY_ACC, SAMPLED_ACC
 from .models import DEFAULT_MODEL_DIR
+from .tasks import arith_tool
 from .train import Config, train
 
 RUNS: dict[str, dict] = {
@@ -110,7 +111,7 @@ TOOL_JOB = dict(runs=("spo-n0-0", "grpo"), seeds=3, steps=40)
 SPO runs without the offline pass (n0 = 0, the main job's cheaper setting, as good as the official n0 = 8 in the
 ablation job): with tool turns its 8 x 2,000 responses would cost far more than the 40 training steps."""
 TOOL_SETTINGS = dict(task="arith_tool", model=str(DEFAULT_MODEL_DIR.parent / "tiny-qwen3-tool"), tool="python",
-                     max_new_tokens=40, max_tool_chars=64, tool_timeout_s=10.0, tool_memory_mb=512, eval_every=20,
+                     max_new_tokens=arith_tool.MAX_NEW_TOKENS, max_tool_chars=64, tool_timeout_s=10.0, tool_memory_mb=512, eval_every=20,
                      eval_samples=4)
 """What the tool job changes in :data:`COMMON`: the task, its cold-started policy, the tool (outputs cut at 64
 characters: the tiny model's context is 64 tokens; 10 s and 512 MiB per call are plenty for a product), and a

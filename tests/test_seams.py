@@ -183,7 +183,7 @@ def test_every_builtin_method_follows_the_protocol():
 CORE = {"tracker", "advantages", "sampler", "loss", "metrics", "divergence"}
 LEAVES = {"keys", "paths", "errors", "palette"}  # names and helpers every layer may use: standard library (and platformdirs)
 PARTS = {"spo", "algorithms", "ppo", "offline", "run_folder", "models", "tiny_model", "evaluate", "engines", "tasks",
-         "tools", "distributed", "collector"}
+         "tools", "distributed", "collector", "config"}
 RANK = {**{m: 0 for m in CORE | LEAVES}, "__init__": 0, **{m: 1 for m in PARTS}, "train": 2, "experiment": 3,
         "report": 3, "figures": 3, "teaching": 3, "profiles": 3, "integrations": 3}
 THIRD_PARTY_OK_IN_CORE = {"numpy", "torch"}

@@ -50,7 +50,7 @@ from ..errors import UserError, shorten
 from .arith import parse_answer, prompt_pool, save_problems  # noqa: F401 (JSON lines of any problem dataclass)
 from .base import content_id
 
-__all__ = ["ArithToolTask", "MulProblem", "LEVELS", "LEVEL_WEIGHTS", "DEFAULT_DATA_DIR", "SPLITS", "TOOL_TAGS",
+__all__ = ["ArithToolTask", "MulProblem", "LEVELS", "LEVEL_WEIGHTS", "DEFAULT_DATA_DIR", "SPLITS", "TOOL_TAGS", "MAX_NEW_TOKENS",
            "make_problem", "sample_problem", "generate_problems", "save_problems", "load_problems",
            "final_answer", "called_tool", "reward", "tool_breakdown"]
 
@@ -66,6 +66,8 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data" / "ari
 SPLITS = ("train", "validation", "test")
 TOOL_TAGS = ("<code>", "</code>", "<interpreter>", "</interpreter>")
 """The four tags of the ReTool format; none may appear in a final answer."""
+MAX_NEW_TOKENS = 40
+"""A response's token budget on this task (training and evaluation): room for a call, its output and the answer."""
 _LAST_OUTPUT_END = "</interpreter>"
 
 
