@@ -7,7 +7,8 @@ median 0.2 s per call, sigma 1, standing for a slow environment) and the same to
 arms run at the same time, one thread each, so a change in machine load hits both alike. Reports per arm the
 held-out avg@k at the start and the end (mean and 95 % t-interval over seeds), the paired difference
 async - sync, the training wall time (the step's phases; evaluation and the offline pass excluded) and the
-paired ratio sync / async, and the staleness the async arm trained at. Writes ``summary.json`` and
+paired ratio sync / async, the same for the whole run's logged time (evaluation included: tool calls already
+running go on while the collector is paused for it), and the staleness the async arm trained at. Writes ``summary.json`` and
 ``summary.md`` to ``--out``.
 
     python benchmarks/async_training.py                   # 3 seeds x 60 steps -> results/tiny-async
@@ -52,11 +53,12 @@ def summarize(df: pd.DataFrame, args) -> dict:
         rows.append({"arm": arm, "seed": seed, "start": float(ev[SAMPLED_ACC].iloc[0]),
                      "end": float(ev[SAMPLED_ACC].iloc[-1]), "responses": int(s[RESPONSES].max()),
                      "train_s": float(train_seconds(s).iloc[-1]),
+                     "total_s": float(s[[c for c in s.columns if c.startswith("time/")]].fillna(0).to_numpy().sum()),
                      "staleness_mean": float(s[ASYNC_STALENESS_MEAN].mean()) if ASYNC_STALENESS_MEAN in s else 0.0})
     t = pd.DataFrame(rows)
     a, b = (t[t.arm == k].set_index("seed").sort_index() for k in ("spo-async", "spo-sync"))
     arms = {k: {"start": mean_ci(g.start), "end": mean_ci(g.end), "gain": mean_ci(g.end - g.start),
-                "train_s": mean_ci(g.train_s), "responses": int(g.responses.iloc[0])} for k, g in (("spo-sync", b), ("spo-async", a))}
+                "train_s": mean_ci(g.train_s), "total_s": mean_ci(g.total_s), "responses": int(g.responses.iloc[0])} for k, g in (("spo-sync", b), ("spo-async", a))}
     hist: dict[str, int] = {}
     for f in sorted(Path(args.out).glob("runs/spo-async/seed*/collector.json")):
         for k, v in json.loads(f.read_text())["staleness_hist"].items():
@@ -68,6 +70,7 @@ def summarize(df: pd.DataFrame, args) -> dict:
             "per_seed": rows,
             "staleness_hist": hist, "curves": curves,
             "async_minus_sync_end": mean_ci(a.end - b.end), "sync_over_async_train_time": mean_ci(b.train_s / a.train_s),
+            "sync_over_async_total_time": mean_ci(b.total_s / a.total_s),
             "async_staleness_mean": float(a.staleness_mean.mean())}
 
 
