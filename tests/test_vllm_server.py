@@ -306,12 +306,16 @@ def test_real_server_lora_sync_follows_the_policy(server_url):
         assert eng.adapter in served and f"{eng.adapter_prefix}-v1" not in served  # the old versions were unloaded
 
 
-def test_real_server_trains_spo(server_url, tmp_path):
-    """`python -m spo_lab.train --engine vllm-server` end to end: the trainer's first-mini-batch ratio is ~1."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_real_server_trains_spo(server_url, tmp_path, processes):
+    """`python -m spo_lab.train --engine vllm-server` end to end, alone and as 2 torchrun processes sharing the
+    server (each its own adapter names): the trainer's first-mini-batch ratio is ~1, every step logged once."""
     import pandas as pd
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "spo_lab.train", "--engine", "vllm-server", "--engine-url", server_url,
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+              if processes > 1 else [sys.executable, "-m"])
+    cmd = [*launch, "spo_lab.train", "--engine", "vllm-server", "--engine-url", server_url,
            "--lora-rank", "4", "--steps", "2", "--responses-per-step", "32", "--eval-every", "2",
            "--eval-max-prompts", "32", "--no-offline-init", "--no-progress", "--no-save-model", "--out", str(out),
            "--cache-dir", str(tmp_path / "cache")]
@@ -319,5 +323,5 @@ def test_real_server_trains_spo(server_url, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_json(out / "metrics.jsonl", lines=True)
     steps = df[df.step > 0]
-    assert steps.responses.tolist() == [32, 64]
+    assert df.step.tolist() == [0, 1, 2] and steps.responses.tolist() == [32, 64]  # the global batch, once per step
     assert steps["loss/ratio_mean"].between(0.98, 1.02).all()
