@@ -26,7 +26,7 @@ What it does, and what it simplifies:
    GRPO's expected degenerate-group share at G = 8, mean over prompts of p^8 + (1 - p)^8
    (the SPO paper; the paper reports ~60 % at the start of training).
 
-The tool target (issue 19: a tiny model that learns to call a Python tool)::
+The tool target (a tiny model that learns to call a Python tool)::
 
     python scripts/build_tiny_model.py --target tool --seed 0 --out data --threads 1   # after the default target; 3-6 min
 

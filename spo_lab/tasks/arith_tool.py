@@ -1,6 +1,6 @@
 """The tool task: multiplications a ~1 M-parameter policy cannot do in its head, but can with Python.
 
-Issue 19's "tiny model that learns to use the tool". The bundled addition model (:mod:`spo_lab.tasks.arith`)
+The task on which a tiny model learns to use the tool. The bundled addition model (:mod:`spo_lab.tasks.arith`)
 writes sums digit by digit; a product of two- and three-digit numbers is far beyond it. With the ReTool
 format of the SPO recipe (:mod:`spo_lab.tools.engine`) it can instead copy the operands into code and the
 interpreter's output into its answer::
