@@ -398,11 +398,13 @@ def setup(cfg: Config, folder: RunFolder, *, task=None, engine=None, algorithm: 
     _check_before_loading(cfg, folder, task, world)  # a bad folder, path or split costs a second, not a model load
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    torch.manual_seed(world.seed(cfg.seed))  # the engine's sampling stream: each process its own
+    torch.manual_seed(cfg.seed)  # what the model draws as it is built (a LoRA adapter's init): the same everywhere
     device = resolve_device(world.device(cfg.device))
     lora = LoraSpec(r=cfg.lora_rank, alpha=cfg.lora_alpha) if cfg.lora_rank > 0 else None
     policy, tokenizer = load_policy(cfg.model, dtype=cfg.dtype, device=device, lora=lora,
                                     gradient_checkpointing=cfg.gradient_checkpointing)
+    if world.rank:  # the engine's sampling stream: each process its own (rank 0 and one process go on with the above)
+        torch.manual_seed(world.seed(cfg.seed))
     task = task if task is not None else get_task(cfg.task, data=cfg.data_dir or None, tokenizer=tokenizer,
                                                   **tool_task_kwargs(cfg))
     problems, eval_problems = task.load("train"), task.load(cfg.eval_split)

@@ -334,6 +334,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_a_lora_run_starts_from_the_same_adapter_in_every_process(toy, tmp_path):
+    """A LoRA adapter is drawn at random as the model is built: every process must draw the same one (before, each
+    drew its own and the replicas' checksum stopped the job at the first step)."""
+    out = tmp_path / "lora"
+    proc, _ = torchrun("-m", "spo_lab.train", *_train_flags(toy, out, "spo", 2, "--lora-rank", "4"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _steps(out) == [0, 1, 2]
+
+
 def test_accelerate_launch_trains_on_two_processes(toy, tmp_path):
     """``accelerate launch --multi_gpu --num_processes 2`` (torchrun underneath; gloo on a CPU-only machine)."""
     pytest.importorskip("accelerate")
