@@ -85,7 +85,7 @@ from .errors import UserError, cli_main
 from .run_folder import RunFolder, check_writable, failpoint
 from .spo import SPO
 from .tasks import breakdown_key, get_task, task_class
-from .tasks.base import problems_fingerprint
+from .tasks.base import breakdown_values, problems_fingerprint
 from .config import ALGOS, GROUP_ALGOS, Config, field_docs  # noqa: F401 (ALGOS, GROUP_ALGOS: public here too)
 from .tools.settings import (build_tool_engine, check_tool_settings, tool_cache_suffix, tool_mode,  # noqa: F401
                              tool_task_kwargs)
@@ -541,10 +541,8 @@ def _build_engine(cfg: Config, policy, tokenizer, world: World = ONE):
 
 def _breakdown(task, problems) -> torch.Tensor | None:
     """``[P]`` the task's numeric metadata value (e.g. level) per prompt, or None."""
-    key = breakdown_key(task)
-    if key and all(isinstance(p.meta.get(key), (int, float)) for p in problems):
-        return torch.tensor([p.meta[key] for p in problems], dtype=torch.float64)
-    return None
+    values = breakdown_values(task, problems)
+    return None if values is None else torch.tensor(values, dtype=torch.float64)
 
 
 def _offline_init(run: Run, on_offline_chunk=None) -> None:

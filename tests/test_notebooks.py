@@ -8,7 +8,6 @@ every notebook shares, the stored outputs a reader sees on GitHub, and the helpe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -16,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scripts_module import load_script
 
 import spo_lab
 from spo_lab.teaching import notebook as nbh
@@ -51,10 +51,7 @@ def _text_outputs(cell):
 
 
 def _sync_module():
-    spec = importlib.util.spec_from_file_location("sync_notebooks", ROOT / "scripts" / "sync_notebooks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("sync_notebooks")
 
 
 # ====================================================================== collection by the test command

@@ -7,7 +7,6 @@ with a wrong answer, which it must reject.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import types
@@ -19,6 +18,7 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
+from scripts_module import load_script  # noqa: E402
 from spo_lab.teaching import notebook as nbh  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,10 +29,7 @@ ALL = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def _sync_module():
-    spec = importlib.util.spec_from_file_location("sync_notebooks", ROOT / "scripts" / "sync_notebooks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("sync_notebooks")
 
 
 def _src(cell) -> str:

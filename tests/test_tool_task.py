@@ -115,12 +115,9 @@ def test_tool_checkpoint_is_small_and_its_build_is_recorded():
 
 
 def _build_script():
-    import importlib.util
+    from scripts_module import load_script
 
-    spec = importlib.util.spec_from_file_location("build_tiny_model", ROOT / "scripts" / "build_tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("build_tiny_model")
 
 
 def test_the_build_scripts_tokenizer_is_the_bundled_one_and_traces_train_no_interpreter_token():

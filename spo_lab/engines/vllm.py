@@ -84,6 +84,25 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.floa
 _CPU_KV_CACHE_BYTES = 1 << 30  # 1 GiB: ~260k tokens of KV cache for the tiny model, plenty for tests and demos
 
 
+def _engine_args(model_path: str, dtype: torch.dtype, seed: int, *, on_cpu: bool, enable_lora: bool,
+                 max_lora_rank: int, gpu_memory_utilization: float | None) -> dict:
+    """The ``vllm.LLM`` / ``AsyncEngineArgs`` arguments both engines build alike: the model, the log-probs of the
+    temperature-scaled distribution, vLLM's own sampling defaults, LoRA, and the memory (``gpu_memory_utilization``
+    as given, else 0.5 on a GPU and an explicit KV cache on the CPU build unless ``VLLM_CPU_KVCACHE_SPACE`` is set)."""
+    kw = dict(model=model_path, dtype=_DTYPE_NAMES[dtype], seed=seed, logprobs_mode="processed_logprobs",
+              generation_config="vllm")
+    if enable_lora:
+        kw.update(enable_lora=True, max_lora_rank=_lora_rank_slot(int(max_lora_rank)))
+    if gpu_memory_utilization is not None:
+        kw["gpu_memory_utilization"] = float(gpu_memory_utilization)
+    elif on_cpu:
+        if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            kw["kv_cache_memory_bytes"] = _CPU_KV_CACHE_BYTES
+    else:
+        kw["gpu_memory_utilization"] = 0.5
+    return kw
+
+
 def _lora_rank_slot(rank: int) -> int:
     """The smallest ``max_lora_rank`` vLLM accepts that holds ``rank`` (0.32 allows only 1, 8, 16, 32, ...)."""
     try:
@@ -185,17 +204,9 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.sleep_supported = bool(enable_sleep_mode) and not self.on_cpu
 
-        kw = dict(model=self.model_path, dtype=_DTYPE_NAMES[self.dtype], seed=self.seed,
-                  logprobs_mode="processed_logprobs", generation_config="vllm", enable_sleep_mode=self.sleep_supported)
-        if enable_lora:
-            kw.update(enable_lora=True, max_lora_rank=_lora_rank_slot(int(max_lora_rank)))
-        if gpu_memory_utilization is not None:
-            kw["gpu_memory_utilization"] = float(gpu_memory_utilization)
-        elif self.on_cpu:
-            if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-                kw["kv_cache_memory_bytes"] = _CPU_KV_CACHE_BYTES
-        else:
-            kw["gpu_memory_utilization"] = 0.5
+        kw = _engine_args(self.model_path, self.dtype, self.seed, on_cpu=self.on_cpu, enable_lora=enable_lora,
+                          max_lora_rank=max_lora_rank, gpu_memory_utilization=gpu_memory_utilization)
+        kw["enable_sleep_mode"] = self.sleep_supported
         if external_launcher is not None:  # one vLLM per torchrun process, on that process's GPU
             in_process = _launcher_env(*external_launcher, in_process)
             kw.update(distributed_executor_backend="external_launcher", tensor_parallel_size=1)

